@@ -1,0 +1,1 @@
+"""byg: Bootstrap Your Generator."""
