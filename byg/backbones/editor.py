@@ -74,6 +74,7 @@ class Editor(nn.Module):
         self.lora_config = config
         self.backbone = inject_adapter_in_model(config, backbone, adapter_name=ADAPTER)
         self.ema_decay = ema_decay
+        self.ema_active = False  # True inside ``with editor.ema()`` (for tests and logging)
         names = [n for n, p in self.backbone.named_parameters() if "lora_" in n]
         if not names:
             raise ValueError(
@@ -124,8 +125,12 @@ class Editor(nn.Module):
     @contextmanager
     def ema(self) -> Iterator[None]:
         """Run ``G_ema``: LoRA tensors swapped for their EMA (no-op when decay is 0)."""
+        self.ema_active = True
         if not self._ema:
-            yield
+            try:
+                yield
+            finally:
+                self.ema_active = False
             return
         params = dict(self.lora_named_parameters())
         with torch.no_grad():
@@ -138,6 +143,7 @@ class Editor(nn.Module):
             with torch.no_grad():
                 for n, p in params.items():
                     p.copy_(saved[n])
+            self.ema_active = False
 
     # ------------------------------------------------------------------ LoRA state
     def lora_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:

@@ -1,0 +1,341 @@
+"""ByG: one training step of "Bootstrap Your Generator" (METHOD.md §4, the paper's Algorithm 1).
+
+Read top to bottom, ``ByGObjective.full_step`` is Algorithm 1:
+
+1. draw ``t ~ p(t)``, ``ε``;
+2. bootstrap (no grad): ``G_ema`` integrates from ``ε`` at ``t = 1`` with ``k`` Euler steps
+   down to ``t`` (giving ``x_t``) and continues to 0 (giving ``x_clean``): ONE trajectory;
+3. forward edit ``v_f = G_θ(x_t, t, x_src, c_fwd)``;
+4. prior: the frozen base's caption-induced shift ``Δ = B(x_t, t, c_tgt) − B(x_t, t, c_src)``
+   gives direction (cosine) and a magnitude anchor (MSE to ``u_tgt``);
+5. cycle: the reverse pass is conditioned on ``x̃`` whose value is the clean rollout and
+   whose gradient flows through the one-step edit ``x̂_edit = x_t − t v_f``;
+6. identity: the source with the reverse instruction must reproduce the source;
+7. weighted sum.
+
+Choices METHOD.md leaves open, each a config field:
+
+* ``direction_reference``: ``"base"`` uses ``u_src`` (METHOD.md default B); ``"editor"``
+  uses ``sg(G_θ(x_t, t, x_src, c_rev))`` (option C), one more no-grad editor call per
+  direction.
+* ``identity_in_full_steps``: ``L_id`` enters every step (METHOD.md as written) when True;
+  identity-only steps always use ``L_id`` alone, unweighted.
+* The warm-up ends at ``warmup_steps`` only once the copy path works: the running
+  identity loss must fall below ``warmup_ratio`` × the base's own denoising loss at the
+  same ``(x_src, t, ε)`` (caption ``c_src``, no condition image). ``warmup_max_steps``
+  caps the wait (a warning is logged when it is hit).
+* ``rollout_clean_steps``: Euler steps from ``t`` to 0 for ``x_clean`` (default = ``k``).
+* The reverse prior uses the time ``t'`` and noise ``ε'`` of the cycle's noised source.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from byg.backbones.base import cat_text
+from byg.backbones.editor import Editor
+from byg.flow import interpolate, predict_x0, schedule, truncated_schedule, velocity_target
+from byg.objectives import losses
+from byg.objectives.common import EditBatch, LossOutput, Timer, TimeSampling, no_timer, randn_like
+from byg.sampling import euler_sample
+
+
+@dataclass
+class ByGConfig:
+    """Weights, schedule and ablation switches of METHOD.md §4 (defaults from the paper)."""
+
+    # bootstrap rollout
+    rollout_steps: int = 10  # k: Euler steps from t = 1 down to t
+    rollout_clean_steps: int | None = None  # steps from t to 0 (None: same as k)
+    rollout_shift: float = 1.0
+    # loss weights
+    alpha: float = 0.1
+    lambda_prior: float = 1.0
+    lambda_cyc: float = 1.0
+    lambda_id: float = 0.2
+    prior_reverse: bool = True
+    direction_reference: str = "base"  # "base" (u_src) or "editor" (option C)
+    identity_in_full_steps: bool = True
+    # schedule of identity-only steps
+    warmup_steps: int = 200
+    warmup_ratio: float | None = 0.5  # None: the warm-up is a step count only
+    warmup_max_steps: int = 2000
+    p_id: float = 0.15
+    time: TimeSampling = field(default_factory=TimeSampling)
+    # ablations: each changes exactly one thing
+    no_gradient_routing: bool = False
+    no_cycle: bool = False
+    no_directional: bool = False
+    no_regularization: bool = False
+    no_bootstrap: bool = False
+    no_identity_steps: bool = False
+    no_ema: bool = False  # read by the trainer: the editor's EMA decay becomes 0
+
+    def __post_init__(self) -> None:
+        if self.rollout_steps < 1:
+            raise ValueError(f"rollout_steps must be >= 1, got {self.rollout_steps}")
+        if self.rollout_clean_steps is not None and self.rollout_clean_steps < 1:
+            raise ValueError(f"rollout_clean_steps must be >= 1, got {self.rollout_clean_steps}")
+        if not 0.0 <= self.p_id <= 1.0:
+            raise ValueError(f"p_id must be in [0, 1], got {self.p_id}")
+        if self.direction_reference not in ("base", "editor"):
+            raise ValueError(
+                f"direction_reference must be 'base' or 'editor', got {self.direction_reference!r}"
+            )
+        for name in ("alpha", "lambda_prior", "lambda_cyc", "lambda_id"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.warmup_max_steps < self.warmup_steps:
+            raise ValueError(
+                f"need 0 <= warmup_steps <= warmup_max_steps, got {self.warmup_steps}, "
+                f"{self.warmup_max_steps}"
+            )
+
+    # the effective values after ablation switches --------------------------------
+    @property
+    def eff_alpha(self) -> float:
+        return 0.0 if self.no_regularization else self.alpha
+
+    @property
+    def eff_lambda_cyc(self) -> float:
+        return 0.0 if self.no_cycle else self.lambda_cyc
+
+    @property
+    def eff_p_id(self) -> float:
+        return 0.0 if self.no_identity_steps else self.p_id
+
+    @property
+    def eff_warmup_steps(self) -> int:
+        return 0 if self.no_identity_steps else self.warmup_steps
+
+    @property
+    def clean_steps(self) -> int:
+        return self.rollout_clean_steps or self.rollout_steps
+
+
+class ByGObjective:
+    """Stateful only in its warm-up bookkeeping (saved in checkpoints via ``state_dict``)."""
+
+    def __init__(self, cfg: ByGConfig) -> None:
+        self.cfg = cfg
+        self.warmup_done = cfg.eff_warmup_steps == 0
+        self.id_loss_avg: float | None = None
+        self.base_loss_avg: float | None = None
+
+    # ------------------------------------------------------------------ schedule
+    def is_identity_step(self, step: int, rng: random.Random) -> bool:
+        """Identity-only during warm-up, then with probability ``p_id`` (METHOD.md §4.8)."""
+        if not self.warmup_done:
+            return True
+        return rng.random() < self.cfg.eff_p_id
+
+    def _update_warmup(self, step: int, id_loss: float, base_loss: float) -> None:
+        beta = 0.9
+        self.id_loss_avg = (
+            id_loss if self.id_loss_avg is None else beta * self.id_loss_avg + (1 - beta) * id_loss
+        )
+        self.base_loss_avg = (
+            base_loss
+            if self.base_loss_avg is None
+            else beta * self.base_loss_avg + (1 - beta) * base_loss
+        )
+        if step + 1 < self.cfg.eff_warmup_steps:
+            return
+        ratio_ok = self.cfg.warmup_ratio is None or (
+            self.id_loss_avg < self.cfg.warmup_ratio * self.base_loss_avg
+        )
+        if ratio_ok or step + 1 >= self.cfg.warmup_max_steps:
+            self.warmup_done = True
+
+    def state_dict(self) -> dict:
+        return {
+            "warmup_done": self.warmup_done,
+            "id_loss_avg": self.id_loss_avg,
+            "base_loss_avg": self.base_loss_avg,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.warmup_done = bool(state["warmup_done"])
+        self.id_loss_avg = state["id_loss_avg"]
+        self.base_loss_avg = state["base_loss_avg"]
+
+    # ------------------------------------------------------------------ entry point
+    def __call__(
+        self,
+        editor: Editor,
+        batch: EditBatch,
+        step: int,
+        generator: torch.Generator,
+        rng: random.Random,
+        timer: Timer = no_timer,
+        model: torch.nn.Module | None = None,
+    ) -> LossOutput:
+        """One step's loss. ``model`` is the (possibly DDP-wrapped) editor for grad passes."""
+        model = editor if model is None else model
+        if self.is_identity_step(step, rng):
+            return self.identity_step(editor, batch, step, generator, timer, model)
+        return self.full_step(editor, batch, generator, timer, model)
+
+    # ------------------------------------------------------------------ identity-only
+    def identity_step(
+        self, editor, batch, step, generator, timer=no_timer, model=None
+    ) -> LossOutput:
+        """``L_id`` alone; no rollout. During warm-up also measures the base's loss."""
+        model = editor if model is None else model
+        x_src = batch.x_src
+        t = self.cfg.time.sample(batch.size, generator, x_src.device)
+        eps = randn_like(x_src, generator)
+        s_t = interpolate(x_src, eps, t)
+        target = velocity_target(x_src, eps)
+        with timer("identity"):
+            v_id = model(s_t, t, batch.text["rev"], x_src)
+            l_id = losses.mse(v_id, target).mean()
+        terms = {"loss_id": l_id.item()}
+        if not self.warmup_done:
+            with timer("base_queries"), torch.no_grad(), editor.base():
+                l_base = losses.mse(editor(s_t, t, batch.text["src"], None), target).mean()
+            terms["loss_base_uncond"] = l_base.item()
+            self._update_warmup(step, terms["loss_id"], terms["loss_base_uncond"])
+            terms["warmup"] = 0.0 if self.warmup_done else 1.0
+        return LossOutput(loss=l_id, terms=terms, kind="identity")
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def rollout(
+        self, editor: Editor, batch: EditBatch, t: Tensor, eps: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``G_ema`` from ``ε`` at 1 down to ``t`` (→ ``x_t``), then on to 0 (→ ``x_clean``).
+
+        One trajectory; ``rollout_steps + clean_steps`` EMA calls in total.
+        """
+        cfg = self.cfg
+        text, x_src = batch.text["fwd"], batch.x_src
+
+        def velocity(x: Tensor, tt: Tensor) -> Tensor:
+            return editor(x, tt, text, x_src)
+
+        with editor.ema():
+            grid_hi = truncated_schedule(cfg.rollout_steps, t, shift=cfg.rollout_shift)  # [B, k+1]
+            x_t = euler_sample(velocity, eps, grid_hi)
+            grid_lo = (
+                t[:, None] * schedule(cfg.clean_steps, shift=cfg.rollout_shift).to(t.device)[None]
+            )
+            x_clean = euler_sample(velocity, x_t, grid_lo)
+        return x_t, x_clean
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def full_step(self, editor, batch, generator, timer=no_timer, model=None) -> LossOutput:
+        cfg = self.cfg
+        model = editor if model is None else model
+        x_src, text = batch.x_src, batch.text
+        n = batch.size
+
+        # 1. times and noise
+        t = cfg.time.sample(n, generator, x_src.device)
+        eps = randn_like(x_src, generator)
+        t_r = cfg.time.sample(n, generator, x_src.device)  # t' of the cycle
+        eps_r = randn_like(x_src, generator)
+        s_tr = interpolate(x_src, eps_r, t_r)  # noised source for the reverse pass
+
+        # 2. bootstrap: one trajectory gives x_t and x_clean
+        with timer("rollout"):
+            x_t, x_clean = self.rollout(editor, batch, t, eps)
+        if cfg.no_bootstrap:
+            x_t = interpolate(x_src, eps, t)
+
+        # 4 (inputs). frozen base, all four queries in one batched call:
+        #   [x_t | c_tgt], [x_t | c_src], [s_t' | c_src], [s_t' | c_tgt]
+        with timer("base_queries"), torch.no_grad(), editor.base():
+            if cfg.prior_reverse:
+                u = editor(
+                    torch.cat([x_t, x_t, s_tr, s_tr]),
+                    torch.cat([t, t, t_r, t_r]),
+                    cat_text(text["tgt"], text["src"], text["src"], text["tgt"]),
+                    None,
+                ).float()
+                u_tgt, u_src, u_tgt_r, u_src_r = u.chunk(4)
+            else:
+                u = editor(
+                    torch.cat([x_t, x_t]),
+                    torch.cat([t, t]),
+                    cat_text(text["tgt"], text["src"]),
+                    None,
+                )
+                u_tgt, u_src = u.float().chunk(2)
+
+        # 3 + 6. forward edit and identity pass share one trainable call
+        s_t = interpolate(x_src, eps, t)
+        with timer("forward_edit"):
+            v = model(
+                torch.cat([x_t, s_t]),
+                torch.cat([t, t]),
+                cat_text(text["fwd"], text["rev"]),
+                torch.cat([x_src, x_src]),
+            )
+            v_f, v_id = v.chunk(2)
+
+        ref_f = ref_r = None
+        if cfg.direction_reference == "editor":
+            with timer("reference"), torch.no_grad():
+                ref_f = editor(x_t, t, text["rev"], x_src).float()
+
+        # 4. prior, forward
+        prior_f, dir_f, mse_f = losses.prior(
+            v_f,
+            u_src,
+            u_tgt,
+            alpha=cfg.eff_alpha,
+            use_directional=not cfg.no_directional,
+            reference=ref_f,
+        )
+
+        # 5. cycle with gradient routing
+        with timer("reverse"):
+            x_hat = predict_x0(x_t, t, v_f)
+            x_cond = losses.route_gradient(x_hat, x_clean, enabled=not cfg.no_gradient_routing)
+            v_r = model(s_tr, t_r, text["rev"], x_cond)
+            l_cyc = losses.mse(v_r, velocity_target(x_src, eps_r))
+            if cfg.prior_reverse:
+                if cfg.direction_reference == "editor":
+                    with torch.no_grad():
+                        ref_r = editor(s_tr, t_r, text["fwd"], x_cond.detach()).float()
+                prior_r, dir_r, mse_r = losses.prior(
+                    v_r,
+                    u_src_r,
+                    u_tgt_r,
+                    alpha=cfg.eff_alpha,
+                    use_directional=not cfg.no_directional,
+                    reference=ref_r,
+                )
+            else:
+                prior_r = dir_r = mse_r = torch.zeros_like(l_cyc)
+
+        # 6. identity
+        l_id = losses.mse(v_id, velocity_target(x_src, eps))
+        w_id = cfg.lambda_id if cfg.identity_in_full_steps else 0.0
+
+        # 7. total: per-sample, then batch mean
+        total = cfg.lambda_prior * (prior_f + prior_r) + cfg.eff_lambda_cyc * l_cyc + w_id * l_id
+        loss = total.mean()
+        terms = {
+            "loss": loss.item(),
+            "prior_fwd": prior_f.mean().item(),
+            "prior_rev": prior_r.mean().item(),
+            "dir_fwd": dir_f.mean().item(),
+            "mse_fwd": mse_f.mean().item(),
+            "dir_rev": dir_r.mean().item(),
+            "mse_rev": mse_r.mean().item(),
+            "loss_cyc": l_cyc.mean().item(),
+            "loss_id": l_id.mean().item(),
+        }
+        if not math.isfinite(terms["loss"]):
+            terms["nonfinite"] = 1.0
+        return LossOutput(loss=loss, terms=terms, kind="full")
+
+
+__all__ = ["ByGConfig", "ByGObjective"]
