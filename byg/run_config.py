@@ -1,0 +1,149 @@
+"""The one typed config tree of a training run (``byg train --config ...``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from byg.config import apply_overrides, from_dict, load_yaml, to_dict
+from byg.objectives.byg import ByGConfig
+from byg.objectives.supervised import SupervisedConfig
+
+OBJECTIVES = ("byg", "supervised")
+DATA_SOURCES = ("toy", "folder", "cache")
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone (see ``byg.backbones.registry``) and its own options."""
+
+    backbone: str = "toy"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 16
+    alpha: float | None = None  # None: alpha = rank (scale 1)
+    targets: list[str] | None = None  # None: the backbone's defaults
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+
+
+@dataclass
+class DataConfig:
+    """Where tuples come from.
+
+    ``toy``: rendered on the fly from the toy world (``toy`` holds ``ToyWorldConfig`` fields);
+    ``folder``: a metadata.jsonl image folder (``path``); ``cache``: latents and text
+    embeddings written by ``byg cache`` (``path``).
+    """
+
+    source: str = "toy"
+    path: str | None = None
+    toy: dict[str, Any] = field(default_factory=dict)
+    num_train: int = 200_000  # toy: size of the training pool (indices are seeds)
+    resolution: int = 32
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source not in DATA_SOURCES:
+            raise ValueError(f"source must be one of {list(DATA_SOURCES)}, got {self.source!r}")
+        if self.source != "toy" and not self.path:
+            raise ValueError(f"data.path is required for source {self.source!r}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    lr_warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # per process and micro-step
+    grad_accum: int = 1
+    ema_decay: float = 0.999
+    seed: int = 0
+    mixed_precision: str = "no"  # accelerate: "no", "fp16", "bf16"
+    log_every: int = 10
+    preview_every: int = 200
+    eval_every: int = 0  # toy only: oracle metrics on held-out edits every N steps (0: off)
+    eval_examples: int = 64
+    save_every: int = 500
+    keep: int = 3
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    num_threads: int = 0  # torch CPU threads (0: leave torch's default)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps >= 0, batch_size >= 1 and grad_accum >= 1 are required")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no/fp16/bf16, got {self.mixed_precision!r}")
+
+
+@dataclass
+class SampleConfig:
+    """Inference (METHOD.md §5)."""
+
+    steps: int = 20
+    shift: float = 1.0
+    sampler: str = "euler"  # "euler" (images) or "unipc" (video)
+    use_ema: bool = False  # sample with the EMA LoRA instead of the trained one
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("euler", "unipc"):
+            raise ValueError(f"sampler must be 'euler' or 'unipc', got {self.sampler!r}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    objective: str = "byg"
+    byg: ByGConfig = field(default_factory=ByGConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+
+    @property
+    def ema_decay(self) -> float:
+        """``μ``; the ``no_ema`` ablation forces 0 (a stop-gradient copy)."""
+        if self.objective == "byg" and self.byg.no_ema:
+            return 0.0
+        return self.train.ema_decay
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """YAML file (optional) + ``key=value`` overrides -> validated ``RunConfig``."""
+    data = load_yaml(path) if path else {}
+    apply_overrides(data, overrides or [])
+    return from_dict(RunConfig, data)
+
+
+def run_config_dict(cfg: RunConfig) -> dict[str, Any]:
+    d = to_dict(cfg)
+    d["optim"]["betas"] = list(d["optim"]["betas"])
+    return d
+
+
+__all__ = ["RunConfig", "load_run_config", "run_config_dict"]
