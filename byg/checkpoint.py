@@ -115,7 +115,9 @@ def resolve_checkpoint(path: str | Path, run_dir: str | Path | None = None) -> P
     ckpts = list_checkpoints(p)
     if ckpts:
         return ckpts[-1]
-    raise CheckpointError(f"{str(p)!r} is neither a checkpoint folder nor a run folder with checkpoints")
+    raise CheckpointError(
+        f"{str(p)!r} is neither a checkpoint folder nor a run folder with checkpoints"
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -131,7 +133,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "config": yaml.safe_load((p / "config.yaml").read_text()),
     }
     opt = p / "optimizer.pt"
-    out["optimizer"] = torch.load(opt, weights_only=True, map_location="cpu") if opt.exists() else None
+    out["optimizer"] = (
+        torch.load(opt, weights_only=True, map_location="cpu") if opt.exists() else None
+    )
     return out
 
 

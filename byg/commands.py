@@ -19,7 +19,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.data.path and not Path(cfg.data.path).exists():
         raise FileNotFoundError(f"data.path {cfg.data.path!r} does not exist")
     res = train(cfg, out, resume=args.resume, stop_after=args.max_steps)
-    print(f"trained to step {res['steps']} in {res['wall_seconds']:.0f}s; checkpoints in {out / 'checkpoints'}")
+    print(
+        f"trained to step {res['steps']} in {res['wall_seconds']:.0f}s; checkpoints in {out / 'checkpoints'}"
+    )
     return 0
 
 
@@ -29,7 +31,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if args.video:
         from byg.video_edit import edit_video_file
 
-        edit_video_file(args.checkpoint, args.video, args.instruction, args.out, steps=args.steps, seed=args.seed)
+        edit_video_file(
+            args.checkpoint,
+            args.video,
+            args.instruction,
+            args.out,
+            steps=args.steps,
+            seed=args.seed,
+        )
         print(f"wrote {args.out}")
         return 0
     if not args.image:
@@ -61,7 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train an editor. Every config field can be overridden with --set a.b=value.",
     )
     p.add_argument("--config", help="YAML run config (e.g. configs/toy_image.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
     p.add_argument("--out", help="run folder (default runs/<name>)")
     p.add_argument("--resume", help="'latest', a run folder or a checkpoint folder")
     p.add_argument("--max-steps", type=int, help="stop after this many steps of this invocation")
@@ -69,12 +80,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("edit", help="edit an image (or video) with a trained checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (newest checkpoint)")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint folder or run folder (newest checkpoint)"
+    )
     p.add_argument("--image", help="input image")
     p.add_argument("--video", help="input video (mp4/gif) for video backbones")
     p.add_argument("--instruction", required=True, help='the edit, e.g. "make the circle green"')
     p.add_argument("--out", required=True, help="output path (.png, or .mp4/.gif for video)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's sample.steps)")
+    p.add_argument(
+        "--steps", type=int, help="sampling steps (default: the checkpoint's sample.steps)"
+    )
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--device", default="cpu", help="torch device")
     _add_debug(p)
@@ -92,7 +107,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="a short smoke run (minutes)")
     p.add_argument("--video", action="store_true", help="the toy video demo instead")
-    p.add_argument("--pretrain-base", action="store_true", help="pretrain the base instead of using the shipped one")
+    p.add_argument(
+        "--pretrain-base",
+        action="store_true",
+        help="pretrain the base instead of using the shipped one",
+    )
     p.add_argument("--steps", type=int, help="override the number of ByG training steps")
     _add_debug(p)
     p.set_defaults(func=cmd_demo)

@@ -37,7 +37,9 @@ def build_editor(cfg: RunConfig) -> Editor:
     )
 
 
-def load_editor(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Editor, RunConfig]:
+def load_editor(
+    checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Editor, RunConfig]:
     """Rebuild the editor a checkpoint was trained with and load its LoRA (and EMA)."""
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     cfg = from_dict(RunConfig, ckpt["config"])
@@ -81,7 +83,14 @@ def image_to_tensor(img: Image.Image, resolution: int | None = None) -> Tensor:
 
 
 def tensor_to_image(x: Tensor) -> Image.Image:
-    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    arr = (
+        ((x.detach().float().clamp(-1, 1) + 1) * 127.5)
+        .round()
+        .byte()
+        .permute(1, 2, 0)
+        .cpu()
+        .numpy()
+    )
     return Image.fromarray(arr)
 
 

@@ -133,7 +133,9 @@ class RunConfig:
         return self.train.ema_decay
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_run_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> RunConfig:
     """YAML file (optional) + ``key=value`` overrides -> validated ``RunConfig``."""
     data = load_yaml(path) if path else {}
     apply_overrides(data, overrides or [])

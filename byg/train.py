@@ -76,7 +76,9 @@ def collate_batch(items: list[dict], editor: Editor, device: torch.device) -> Ed
     x_tgt = None
     if all(it.get("x_tgt") is not None for it in items):
         x_tgt = torch.stack([it["x_tgt"] for it in items]).to(device)
-    return EditBatch(x_src=torch.stack([it["x_src"] for it in items]).to(device), text=text, x_tgt=x_tgt)
+    return EditBatch(
+        x_src=torch.stack([it["x_src"] for it in items]).to(device), text=text, x_tgt=x_tgt
+    )
 
 
 class IndexStream:
@@ -182,9 +184,13 @@ def train(
     dataset = build_dataset(cfg)
     objective = make_objective(cfg)
     params = editor.lora_parameters()
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(
+        params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+    )
     warm = max(cfg.optim.lr_warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+    )
     model, opt, sched = accelerator.prepare(editor, opt, sched)
 
     # Randomness is re-seeded from (seed, step, rank) every step, so a resumed run draws
@@ -248,7 +254,13 @@ def train(
 
     bad_in_a_row = 0
     history: list[dict] = []
-    bar = tqdm(range(start, end), initial=start, total=tc.steps, disable=not (progress and is_main), desc=cfg.name)
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=tc.steps,
+        disable=not (progress and is_main),
+        desc=cfg.name,
+    )
     t_start = time.time()
     step = start
     for step in bar:
@@ -289,20 +301,32 @@ def train(
                 )
             continue
         bad_in_a_row = 0
-        gnorm = accelerator.clip_grad_norm_(params, cfg.optim.grad_clip) if cfg.optim.grad_clip > 0 else None
+        gnorm = (
+            accelerator.clip_grad_norm_(params, cfg.optim.grad_clip)
+            if cfg.optim.grad_clip > 0
+            else None
+        )
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         editor.update_ema()
         done = step + 1
         if is_main:
-            row = {"step": done, "kind": kind, "lr": sched.get_last_lr()[0], "sec": time.time() - t0, **terms_acc}
+            row = {
+                "step": done,
+                "kind": kind,
+                "lr": sched.get_last_lr()[0],
+                "sec": time.time() - t0,
+                **terms_acc,
+            }
             if gnorm is not None:
                 row["grad_norm"] = float(gnorm)
             history.append(row)
             if done % tc.log_every == 0 or done == end:
                 _write_jsonl(log_path, row)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in terms_acc.items() if k.startswith("loss")})
+                bar.set_postfix(
+                    {k: f"{v:.3g}" for k, v in terms_acc.items() if k.startswith("loss")}
+                )
             if preview_items and tc.preview_every and (done % tc.preview_every == 0 or done == end):
                 from byg.infer import tensor_to_image
 
@@ -319,7 +343,9 @@ def train(
             do_save(done)
         if stop_signal["sig"] is not None:
             if is_main:
-                bar.write(f"signal {stop_signal['sig']} received: saving at step {done} and exiting")
+                bar.write(
+                    f"signal {stop_signal['sig']} received: saving at step {done} and exiting"
+                )
             do_save(done)
             step = done
             break
@@ -356,5 +382,6 @@ def _check_compatible(saved: dict, cfg: RunConfig) -> None:
     ]
     for name, a, b in pairs:
         if a != b:
-            raise TrainingError(f"checkpoint was trained with {name}={a!r}, this run has {name}={b!r}")
-
+            raise TrainingError(
+                f"checkpoint was trained with {name}={a!r}, this run has {name}={b!r}"
+            )

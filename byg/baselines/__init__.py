@@ -1,0 +1,1 @@
+"""Zero-shot editing baselines on the frozen base: FlowEdit and SDEdit (METHOD.md §6)."""
