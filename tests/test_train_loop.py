@@ -1,0 +1,154 @@
+"""The training loop on a tiny backbone: resume is exact, NaNs are skipped, saves are atomic."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+from conftest import TinyBackbone
+
+import byg.backbones.registry as registry
+import byg.train as train_mod
+from byg.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from byg.config import ConfigError
+from byg.run_config import load_run_config
+
+
+class PairDataset:
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {
+            "x_src": torch.randn(3, 6, 6, generator=g),
+            "x_tgt": torch.randn(3, 6, 6, generator=g),
+            "c_src": "a red circle",
+            "c_tgt": "a blue circle",
+            "c_fwd": "make it blue",
+            "c_rev": "make it red",
+        }
+
+
+@pytest.fixture
+def tiny_run(monkeypatch):
+    mod = types.ModuleType("byg_test_tiny")
+    mod.build = lambda options: TinyBackbone()
+    monkeypatch.setitem(sys.modules, "byg_test_tiny", mod)
+    monkeypatch.setitem(registry.BACKBONES, "tiny", "byg_test_tiny")
+    monkeypatch.setattr(
+        train_mod, "build_dataset", lambda cfg, split="train", n=None: PairDataset()
+    )
+
+    def make(*overrides):
+        base = [
+            "model.backbone=tiny",
+            "train.steps=8",
+            "train.batch_size=2",
+            "byg.rollout_steps=2",
+            "byg.warmup_steps=2",
+            "byg.warmup_ratio=null",
+            "train.save_every=4",
+            "train.preview_every=0",
+            "lora.rank=2",
+        ]
+        return load_run_config(None, base + list(overrides))
+
+    return make
+
+
+def test_resume_is_exact(tiny_run, tmp_path):
+    cfg = tiny_run()
+    train_mod.train(cfg, tmp_path / "a", stop_after=5, progress=False)
+    resumed = train_mod.train(cfg, tmp_path / "a", resume="latest", progress=False)
+    straight = train_mod.train(cfg, tmp_path / "b", progress=False)
+    a, b = resumed["editor"].lora_state_dict(), straight["editor"].lora_state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ea, eb = resumed["editor"].ema_state_dict(), straight["editor"].ema_state_dict()
+    for k in ea:
+        assert torch.equal(ea[k], eb[k]), k
+    ckpt = load_checkpoint(list_checkpoints(tmp_path / "a")[-1])
+    assert ckpt["state"]["step"] == 8 and ckpt["config"]["model"]["backbone"] == "tiny"
+
+
+def test_resume_refuses_other_rank(tiny_run, tmp_path):
+    train_mod.train(tiny_run(), tmp_path, stop_after=4, progress=False)
+    with pytest.raises(train_mod.TrainingError, match="lora.rank"):
+        train_mod.train(tiny_run("lora.rank=3"), tmp_path, resume="latest", progress=False)
+
+
+def test_nan_loss_skips_then_stops(tiny_run, tmp_path, monkeypatch):
+    cfg = tiny_run("train.max_bad_steps=3", "train.save_every=2")
+    real = train_mod.ByGObjective.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        out = real(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] > 2:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod.ByGObjective, "__call__", poisoned)
+    with pytest.raises(train_mod.TrainingError, match="3 consecutive non-finite"):
+        train_mod.train(cfg, tmp_path, progress=False)
+    ckpts = list_checkpoints(tmp_path)
+    assert [c.name for c in ckpts] == ["step_0000002"]  # the last good state survives
+    log = (tmp_path / "log.jsonl").read_text()
+    assert log.count("non-finite") == 3
+
+
+def test_supervised_objective_trains(tiny_run, tmp_path):
+    res = train_mod.train(tiny_run("objective=supervised"), tmp_path, progress=False)
+    assert res["steps"] == 8 and all(h["kind"] == "supervised" for h in res["history"])
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    lora = {"a.lora_A.weight": torch.ones(2, 2)}
+    save_checkpoint(tmp_path, 1, lora=lora, ema={}, optimizer_state={}, state={}, config={})
+    import byg.checkpoint as ck
+
+    def boom(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", boom)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(tmp_path, 2, lora=lora, ema={}, optimizer_state={}, state={}, config={})
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_0000001"]  # no half-written checkpoint, the previous one intact
+    assert torch.equal(
+        load_checkpoint(tmp_path / "checkpoints" / "step_0000001")["lora"]["a.lora_A.weight"],
+        lora["a.lora_A.weight"],
+    )
+
+
+def test_keep_rotation(tmp_path):
+    for s in range(1, 6):
+        save_checkpoint(
+            tmp_path,
+            s,
+            lora={"x": torch.zeros(1)},
+            ema={},
+            optimizer_state={},
+            state={},
+            config={},
+            keep=2,
+        )
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000004", "step_0000005"]
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"'byg.alpah'.*did you mean 'alpha'"):
+        load_run_config(None, ["byg.alpah=0.3"])
+    with pytest.raises(ConfigError, match="train.steps: expected an integer"):
+        load_run_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match="objective must be one of"):
+        load_run_config(None, ["objective=magic"])
+    with pytest.raises(ConfigError, match="data.path is required"):
+        load_run_config(None, ["data.source=folder"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config("/nonexistent.yaml")
