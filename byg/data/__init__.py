@@ -1,0 +1,1 @@
+"""Data: the toy world and edit-tuple datasets."""
