@@ -1,18 +1,48 @@
 """The training loop: accelerate, AdamW on LoRA, EMA, checkpoints, logs, previews.
 
-One process or many (``accelerate launch byg train ...``): every rank builds the same
-editor, draws its own slice of each global batch from a deterministic index stream, and
-DDP all-reduces the LoRA gradients. Only rank 0 writes checkpoints, logs and previews.
-The EMA is updated from identical weights on every rank, so it stays identical.
+One process or many (``accelerate launch -m byg.cli train ...``): every rank builds the
+same editor, draws its own slice of each global batch from a deterministic index stream,
+and DDP all-reduces the LoRA gradients. Only rank 0 writes checkpoints, logs and previews.
+The EMA is updated from identical weights on every rank, so it stays identical. The rules
+that make N processes equal one are in ``byg.distributed``.
+
+What survives what:
+
+* **Resume is exact.** Randomness is re-seeded from ``(seed, step, chunk)`` every step and
+  the sample order is a function of the stream position, so a checkpoint needs no RNG
+  state: stopping at step k and resuming reproduces an uninterrupted run bit for bit.
+* **SIGTERM / SIGINT** (what schedulers send before preemption): the current step
+  finishes, a checkpoint is written, ``train`` returns with ``interrupted=True`` (the CLI
+  exits 0). A second SIGINT aborts at once.
+* **SIGKILL, power loss**: saves are atomic (``byg.checkpoint``); ``--resume latest``
+  continues from the newest complete checkpoint.
+* **NaN / Inf** loss or gradient norm: the step is skipped (no weight, EMA or optimizer
+  update) and logged with its loss terms; after ``train.max_bad_steps`` in a row the last
+  good state is saved and the run stops with ``TrainingError``.
+* **A failed save** (full disk): the run stops with ``TrainingError``; the previous
+  checkpoint is untouched.
+* **Bad inputs**: missing paths are reported before any model is loaded; bad dataset
+  rows stop the run naming them unless ``data.skip_bad`` (then they are counted).
+
+Fault injection (testing aids for ``tests/test_faults.py``; never set them in production):
+``BYG_FAULT_NAN_AT_STEP=3,7`` turns the loss of those steps (1-based) into NaN;
+``BYG_FAULT_HANG_AT_STEP=N`` pauses step ``N`` after its backward pass (writing
+``<run>/fault_marker``) until a signal arrives or 600 s pass. The save faults are in
+``byg.checkpoint``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
+import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +53,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from byg.backbones.editor import Editor
-from byg.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from byg.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from byg.distributed import (
+    all_reduce_grads,
+    check_ranks_agree,
+    chunk_seed,
+    ddp_kwargs,
+    is_deepspeed,
+    is_fsdp,
+    reduce_sum,
+    step_seed,
+)
 from byg.infer import build_editor, edit
 from byg.objectives.byg import ByGObjective
 from byg.objectives.common import EditBatch
@@ -32,9 +78,12 @@ from byg.run_config import RunConfig, run_config_dict
 
 StepHook = Callable[[int, Editor, dict[str, Any]], dict[str, float] | None]
 
+FAULT_NAN_AT_STEP = "BYG_FAULT_NAN_AT_STEP"
+FAULT_HANG_AT_STEP = "BYG_FAULT_HANG_AT_STEP"
+
 
 class TrainingError(RuntimeError):
-    pass
+    """The run cannot go on; the message says why and what was kept."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -149,6 +198,65 @@ def preview_grid(editor: Editor, cfg: RunConfig, items: list[dict], device) -> T
     return pad.permute(2, 0, 3, 1, 4).reshape(ch, b * (h + 2), c * (w + 2))  # (3, B*H', cols*W')
 
 
+# ----------------------------------------------------------------------------- checks
+
+
+def check_paths(cfg: RunConfig) -> None:
+    """Report every input path that does not exist, before any model is loaded.
+
+    Checks ``data.path`` (folder and cache sources) and ``model.options`` values written as
+    local paths (starting with ``/``, ``./``, ``../`` or ``~``; hub ids are left alone).
+
+    Raises:
+        FileNotFoundError: naming each missing path and the field it came from.
+    """
+    missing = []
+    if cfg.data.source != "toy" and cfg.data.path and not Path(cfg.data.path).exists():
+        missing.append(f"data.path {cfg.data.path!r}")
+    for key, value in cfg.model.options.items():
+        local = isinstance(value, str) and value.startswith(("/", "./", "../", "~"))
+        if local and not Path(value).expanduser().exists():
+            missing.append(f"model.options.{key} {value!r}")
+    if missing:
+        raise FileNotFoundError("does not exist: " + "; ".join(missing))
+
+
+def _resolve_resume(resume: str | None, out: Path) -> Path | None:
+    """The checkpoint to resume from; ``latest`` with none yet starts fresh (with a note)."""
+    if not resume:
+        return None
+    if str(resume) == "latest" and not list_checkpoints(out):
+        print(f"--resume latest: no checkpoint in {out / 'checkpoints'} yet; starting at step 0")
+        return None
+    try:
+        return resolve_checkpoint(resume, out)
+    except CheckpointError as e:
+        raise TrainingError(f"cannot resume: {e}") from e
+
+
+def _fault_steps(name: str) -> set[int]:
+    value = os.environ.get(name, "")
+    return {int(v) for v in value.split(",") if v.strip()}
+
+
+def _hang(out: Path, step: int, stop: dict) -> None:
+    """``BYG_FAULT_HANG_AT_STEP``: pause mid-step until a signal (or 600 s)."""
+    (out / "fault_marker").write_text(f"hanging in step {step}\n")
+    deadline = time.monotonic() + 600
+    while stop["sig"] is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _skipped_items(dataset, accelerator: Accelerator) -> list[str]:
+    """Names of bad items the dataset skipped, over all ranks (``data.skip_bad``)."""
+    names = [str(getattr(b, "file_name", b)) for b in getattr(dataset, "bad_rows", [])]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        names = [n for part in gather_object([names]) for n in part]
+    return sorted(set(names))
+
+
 # ----------------------------------------------------------------------------- main loop
 
 
@@ -164,26 +272,64 @@ def train(
     """Train an editor as configured; returns a summary dict.
 
     Args:
-        resume: ``"latest"``, a run folder or a checkpoint folder.
+        cfg: the run config (``train.batch_size`` is per process and micro-step; the
+            global batch is ``batch_size · grad_accum · processes``).
+        out_dir: the run folder (checkpoints, ``log.jsonl``, previews).
+        resume: ``"latest"`` (starts fresh when there is no checkpoint yet), a run folder
+            or a checkpoint folder.
         hooks: ``hook(step, editor, logs) -> extra metrics`` called on rank 0 after steps
             where ``train.eval_every`` divides ``step`` (and at the end).
+        progress: show a tqdm bar (rank 0).
         stop_after: stop (with a checkpoint) after this many steps of this invocation.
+
+    Returns:
+        ``{"steps": last completed step, "wall_seconds", "history": per-step log rows
+        (rank 0), "editor", "interrupted": stopped by a signal, "skipped_bad": number of
+        bad dataset items skipped}``.
+
+    Raises:
+        FileNotFoundError: an input path does not exist (before any model is loaded).
+        TrainingError: an incompatible checkpoint, too many non-finite steps, or a save
+            that failed; the message names what was kept.
     """
     out = Path(out_dir)
     tc = cfg.train
+    # cheap checks first: a typo must not cost a model load
+    check_paths(cfg)
+    resume_path = _resolve_resume(resume, out)
+    ckpt = load_checkpoint(resume_path) if resume_path else None
+    if ckpt is not None:
+        _check_compatible(ckpt["config"], cfg)
+    dataset = build_dataset(cfg)
+
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=[ddp_kwargs()])
+    if is_deepspeed(accelerator):
+        raise TrainingError(
+            "DeepSpeed is not supported by `byg train`: ZeRO partitions the optimizer state "
+            "across ranks (exact resume would need every rank's shard) and steps inside "
+            "backward (the NaN skip could not undo it). For LoRA training ZeRO-2 saves only "
+            "the small LoRA optimizer state; use DDP (configs/accelerate/ddp.yaml) or, for "
+            "backbones that do not fit one GPU, FSDP (configs/accelerate/fsdp_flux.yaml)."
+        )
     device = accelerator.device
     is_main = accelerator.is_main_process
+    world, rank, B, ga = (
+        accelerator.num_processes,
+        accelerator.process_index,
+        tc.batch_size,
+        tc.grad_accum,
+    )
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(tc.seed)  # identical LoRA init on every rank
     editor = build_editor(cfg).to(device)
-    dataset = build_dataset(cfg)
     objective = make_objective(cfg)
     params = editor.lora_parameters()
+    if is_fsdp(accelerator):
+        _prepare_fsdp_plugin(accelerator, editor)
     opt = torch.optim.AdamW(
         params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
     )
@@ -192,67 +338,111 @@ def train(
         opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
     )
     model, opt, sched = accelerator.prepare(editor, opt, sched)
+    if is_fsdp(accelerator):
+        _check_fsdp_lora(editor)
 
-    # Randomness is re-seeded from (seed, step, rank) every step, so a resumed run draws
-    # exactly what an uninterrupted one would, and checkpoints need no RNG state. The
-    # identity-step coin (py_rng) ignores the rank: every rank takes the same kind of step.
-    generator = torch.Generator()
-    py_rng = random.Random()
-    start = 0
-    if resume:
-        ckpt = load_checkpoint(resolve_checkpoint(resume, out))
-        _check_compatible(ckpt["config"], cfg)
+    G = world * ga * B  # global batch
+    start, pos_base = 0, 0
+    if ckpt is not None:
+        saved_backbone = ckpt["state"].get("backbone")
+        this_backbone = json.loads(json.dumps(editor.backbone.describe()))
+        if saved_backbone is not None and saved_backbone != this_backbone:
+            raise TrainingError(
+                f"checkpoint {ckpt['path']} is from backbone {saved_backbone}, this run builds "
+                f"{this_backbone}"
+            )
         editor.load_lora_state_dict(ckpt["lora"], ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"]["optimizer"])
         sched.load_state_dict(ckpt["optimizer"]["scheduler"])
         st = ckpt["state"]
         objective.load_state_dict(st["objective"])
         start = st["step"]
+        pos_base = st.get("samples_seen", start * G)
         if is_main:
             print(f"resumed from {ckpt['path']} at step {start}")
+            if st.get("global_batch", G) != G:
+                print(
+                    f"note: the global batch changed from {st['global_batch']} to {G}; the data "
+                    f"stream continues at sample {pos_base}, but this run will differ from one "
+                    "with a constant global batch"
+                )
+    step_base = start
+
+    def positions(step: int, chunk: int) -> list[int]:  # the B stream positions of a chunk
+        p = pos_base + (step - step_base) * G + chunk * B
+        return stream.take(p, B)
 
     stream = IndexStream(len(dataset), tc.seed)
-    world, rank, B = accelerator.num_processes, accelerator.process_index, tc.batch_size
+    generator = torch.Generator()  # noise: re-seeded per (seed, step, chunk)
+    py_rng = random.Random()  # identity-step coin: re-seeded per (seed, step)
     log_path = out / "log.jsonl"
     preview_items = None
     if is_main and tc.preview_every and cfg.data.source != "cache":
         preview_items = [dataset[i] for i in range(min(6, len(dataset)))]
     end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
+    nan_steps = _fault_steps(FAULT_NAN_AT_STEP)
+    hang_steps = _fault_steps(FAULT_HANG_AT_STEP)
 
-    stop_signal = {"sig": None}
+    stop = {"sig": None}
 
-    def _on_signal(signum, frame):  # finish the step, save, exit (cluster preemption)
-        stop_signal["sig"] = signum
-
-    old_handlers = {}
-    for s in (signal.SIGTERM, signal.SIGINT):
-        try:
-            old_handlers[s] = signal.signal(s, _on_signal)
-        except ValueError:  # not the main thread
-            pass
+    def on_signal(signum, frame):  # finish the step, save, exit (cluster preemption)
+        if signum == signal.SIGINT and stop["sig"] == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: abort without saving
+        if stop["sig"] is None:
+            sys.stderr.write(
+                f"\nbyg train: signal {signum} received; finishing this step, saving, exiting\n"
+            )
+        stop["sig"] = signum
 
     saved_at = {"step": start}
 
     def do_save(step: int) -> None:
-        saved_at["step"] = step
+        """Rank 0 writes; every rank learns whether it worked."""
+        check_ranks_agree(accelerator, params + list(editor.ema_state_dict().values()), "LoRA")
+        error: BaseException | None = None
         if is_main:
-            save_checkpoint(
-                out,
-                step,
-                lora=editor.lora_state_dict(),
-                ema=editor.ema_state_dict(),
-                optimizer_state={"optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
-                state={
-                    "objective": objective.state_dict(),
-                    "backbone": editor.backbone.describe(),
-                    "lora_rank": cfg.lora.rank,
-                },
-                config=run_config_dict(cfg),
-                keep=tc.keep,
-            )
+            try:
+                save_checkpoint(
+                    out,
+                    step,
+                    lora=editor.lora_state_dict(),
+                    ema=editor.ema_state_dict(),
+                    optimizer_state={
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                    },
+                    state={
+                        "objective": objective.state_dict(),
+                        "backbone": editor.backbone.describe(),
+                        "lora_rank": cfg.lora.rank,
+                        "samples_seen": pos_base + (step - step_base) * G,
+                        "global_batch": G,
+                        "world_size": world,
+                    },
+                    config=run_config_dict(cfg),
+                    keep=tc.keep,
+                )
+            except OSError as e:
+                error = e
+        if reduce_sum(accelerator, [1.0 if error else 0.0])[0] > 0:
+            kept = list_checkpoints(out)
+            kept_msg = f"the previous checkpoint {kept[-1]} is intact" if kept else "none kept"
+            raise TrainingError(
+                f"could not write the checkpoint of step {step} in {out / 'checkpoints'}: "
+                f"{error or 'failed on rank 0'}; {kept_msg}. Free space and rerun with "
+                "--resume latest"
+            ) from error
+        saved_at["step"] = step
         accelerator.wait_for_everyone()
 
-    bad_in_a_row = 0
+    old_handlers = {}
+    for s in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old_handlers[s] = signal.signal(s, on_signal)
+        except ValueError:  # not the main thread
+            pass
+
+    bad_in_a_row, last_good = 0, start
     history: list[dict] = []
     bar = tqdm(
         range(start, end),
@@ -262,122 +452,188 @@ def train(
         desc=cfg.name,
     )
     t_start = time.time()
-    step = start
-    for step in bar:
-        t0 = time.time()
-        generator.manual_seed((tc.seed * 1_000_003 + step) * 1009 + rank)
-        py_rng.seed(tc.seed * 1_000_003 + step)
-        terms_acc: dict[str, float] = {}
-        kind = "full"
-        finite = True
-        for micro in range(tc.grad_accum):
-            pos = ((step * tc.grad_accum + micro) * world + rank) * B
-            items = [dataset[i] for i in stream.take(pos, B)]
-            batch = collate_batch(items, editor, device)
-            sync = accelerator.no_sync(model) if micro < tc.grad_accum - 1 else _null()
-            with sync, accelerator.autocast():
-                res = objective(editor, batch, step, generator, py_rng, model=model)
-            kind = res.kind
-            ok = torch.tensor([1.0 if torch.isfinite(res.loss).item() else 0.0], device=device)
-            if accelerator.reduce(ok, reduction="sum").item() < world:
-                finite = False
+    done = start
+    try:
+        for step in bar:  # ``step`` counts from 0; the step's number (logs, checkpoints) is n
+            n = step + 1
+            t0 = time.time()
+            state0 = copy.deepcopy(objective.state_dict())
+            sums: dict[str, float] = {}
+            bad_terms: dict[str, float] = {}
+            kind = "full"
+            finite = True
+            for micro in range(ga):
+                chunk = micro * world + rank
+                objective.load_state_dict(copy.deepcopy(state0))  # same state for every chunk
+                generator.manual_seed(chunk_seed(tc.seed, step, chunk))
+                py_rng.seed(step_seed(tc.seed, step))
+                items = [dataset[i] for i in positions(step, chunk)]
+                batch = collate_batch(items, editor, device)
+                sync = accelerator.no_sync(model) if micro < ga - 1 else nullcontext()
+                with sync, accelerator.autocast():
+                    res = objective(editor, batch, step, generator, py_rng, model=model)
+                loss, kind = res.loss, res.kind
+                if n in nan_steps:
+                    loss = loss * float("nan")
+                    res.terms["loss"] = float("nan")
+                ok = 1.0 if torch.isfinite(loss).item() else 0.0
+                if reduce_sum(accelerator, [ok])[0] < world:
+                    finite, bad_terms = False, dict(res.terms)
+                    break
+                with sync:
+                    accelerator.backward(loss / ga)
                 for k, v in res.terms.items():
-                    terms_acc[k] = v
-                break
-            with sync:
-                accelerator.backward(res.loss / tc.grad_accum)
-            for k, v in res.terms.items():
-                terms_acc[k] = terms_acc.get(k, 0.0) + v / tc.grad_accum
-        if not finite:
-            opt.zero_grad(set_to_none=True)
-            bad_in_a_row += 1
-            if is_main:
-                _write_jsonl(log_path, {"step": step, "skipped": "non-finite loss", **terms_acc})
-                bar.write(f"step {step}: non-finite loss {terms_acc}; step skipped")
-            if bad_in_a_row >= tc.max_bad_steps:
-                raise TrainingError(
-                    f"{bad_in_a_row} consecutive non-finite losses (last at step {step}); "
-                    f"stopping. The last good checkpoint is in {out / 'checkpoints'}"
-                )
-            continue
-        bad_in_a_row = 0
-        gnorm = (
-            accelerator.clip_grad_norm_(params, cfg.optim.grad_clip)
-            if cfg.optim.grad_clip > 0
-            else None
-        )
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        editor.update_ema()
-        done = step + 1
-        if is_main:
-            row = {
-                "step": done,
-                "kind": kind,
-                "lr": sched.get_last_lr()[0],
-                "sec": time.time() - t0,
-                **terms_acc,
-            }
-            if gnorm is not None:
-                row["grad_norm"] = float(gnorm)
-            history.append(row)
-            if done % tc.log_every == 0 or done == end:
-                _write_jsonl(log_path, row)
-                bar.set_postfix(
-                    {k: f"{v:.3g}" for k, v in terms_acc.items() if k.startswith("loss")}
-                )
-            if preview_items and tc.preview_every and (done % tc.preview_every == 0 or done == end):
-                from byg.infer import tensor_to_image
+                    sums[k] = sums.get(k, 0.0) + v
+            objective.load_state_dict(state0)  # the step's bookkeeping is applied once, below
+            if n in hang_steps:
+                _hang(out, n, stop)
 
-                grid = preview_grid(editor, cfg, preview_items, device)
-                (out / "previews").mkdir(exist_ok=True)
-                tensor_to_image(grid).save(out / "previews" / f"step_{done:07d}.png")
-            if hooks and tc.eval_every and (done % tc.eval_every == 0 or done == end):
-                extra = {}
-                for h in hooks:
-                    extra.update(h(done, editor, row) or {})
-                if extra:
-                    _write_jsonl(out / "eval.jsonl", {"step": done, **extra})
-        if tc.save_every and done % tc.save_every == 0:
-            do_save(done)
-        if stop_signal["sig"] is not None:
-            if is_main:
-                bar.write(
-                    f"signal {stop_signal['sig']} received: saving at step {done} and exiting"
-                )
-            do_save(done)
-            step = done
-            break
-    else:
-        step = end
-    if step > saved_at["step"]:
-        do_save(step)
-    for s, h in old_handlers.items():
-        signal.signal(s, h)
-    bar.close()
+            gnorm = None
+            if finite:
+                if is_fsdp(accelerator):
+                    all_reduce_grads(accelerator, params)
+                if cfg.optim.grad_clip > 0:
+                    gnorm = float(accelerator.clip_grad_norm_(params, cfg.optim.grad_clip))
+                    if not math.isfinite(gnorm):
+                        finite, bad_terms = False, {**sums, "grad_norm": gnorm}
+            if finite:  # mean of the terms over every chunk of the global batch
+                keys = sorted(sums)
+                vals = reduce_sum(accelerator, [sums[k] for k in keys] + [stop["sig"] is not None])
+                terms = {k: v / (world * ga) for k, v in zip(keys, vals)}
+                stop_now = vals[-1] > 0
+            else:
+                stop_now = reduce_sum(accelerator, [stop["sig"] is not None])[0] > 0
+
+            if not finite:
+                opt.zero_grad(set_to_none=True)
+                bad_in_a_row += 1
+                if is_main:
+                    _write_jsonl(log_path, {"step": n, "skipped": "non-finite", **bad_terms})
+                    bar.write(f"step {n}: non-finite loss or gradient {bad_terms}; step skipped")
+                if bad_in_a_row >= tc.max_bad_steps:
+                    if last_good > saved_at["step"]:
+                        do_save(last_good)  # nothing changed since: this IS the last good state
+                    raise TrainingError(
+                        f"{bad_in_a_row} consecutive non-finite steps (last: step {n}); "
+                        f"stopping. The last good state (step {saved_at['step']}) is in "
+                        f"{out / 'checkpoints'}"
+                    )
+            else:
+                bad_in_a_row = 0
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                editor.update_ema()
+                if not state0.get("warmup_done", True) and "loss_base_uncond" in terms:
+                    # warm-up bookkeeping from the whole global batch, identical on every rank
+                    objective._update_warmup(step, terms["loss_id"], terms["loss_base_uncond"])
+                    terms["warmup"] = 0.0 if objective.warmup_done else 1.0
+                last_good = n
+                if is_main:
+                    row = {
+                        "step": n,
+                        "kind": kind,
+                        "lr": sched.get_last_lr()[0],
+                        "sec": time.time() - t0,
+                        **terms,
+                    }
+                    if gnorm is not None:
+                        row["grad_norm"] = gnorm
+                    history.append(row)
+                    _log_and_preview(
+                        cfg, out, n, end, row, editor, preview_items, hooks, bar, device
+                    )
+            done = n
+            if not finite and not stop_now:
+                continue
+            if tc.save_every and n % tc.save_every == 0 and last_good == n:
+                do_save(n)
+            if stop_now:
+                if is_main:
+                    bar.write(f"stopping on a signal: saving step {last_good} and exiting")
+                break
+        if last_good > saved_at["step"]:
+            do_save(last_good)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        bar.close()
+
+    skipped = (
+        _skipped_items(dataset, accelerator)
+        if getattr(dataset, "bad_rows", None) is not None
+        else []
+    )
+    if skipped and is_main:
+        print(
+            f"data: skipped {len(skipped)} bad item(s) (data.skip_bad=true); first: {skipped[:3]}"
+        )
+        _write_jsonl(log_path, {"step": done, "skipped_bad": len(skipped), "items": skipped[:100]})
     return {
-        "steps": end,
+        "steps": last_good,
         "wall_seconds": time.time() - t_start,
         "history": history,
         "editor": editor,
-        "interrupted": stop_signal["sig"] is not None,
+        "interrupted": stop["sig"] is not None,
+        "skipped_bad": len(skipped),
     }
 
 
-class _null:
-    def __enter__(self):
-        return self
+def _log_and_preview(cfg, out, n, end, row, editor, preview_items, hooks, bar, device) -> None:
+    """Rank 0 after a good step: log row, preview grid, evaluation hooks."""
+    tc = cfg.train
+    if n % tc.log_every == 0 or n == end:
+        _write_jsonl(out / "log.jsonl", row)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k.startswith("loss")})
+    if preview_items and tc.preview_every and (n % tc.preview_every == 0 or n == end):
+        from byg.infer import tensor_to_image
 
-    def __exit__(self, *a):
-        return False
+        grid = preview_grid(editor, cfg, preview_items, device)
+        (out / "previews").mkdir(exist_ok=True)
+        tensor_to_image(grid).save(out / "previews" / f"step_{n:07d}.png")
+    if hooks and tc.eval_every and (n % tc.eval_every == 0 or n == end):
+        extra = {}
+        for h in hooks:
+            extra.update(h(n, editor, row) or {})
+        if extra:
+            _write_jsonl(out / "eval.jsonl", {"step": n, **extra})
+
+
+# ----------------------------------------------------------------------------- FSDP
+
+
+def _prepare_fsdp_plugin(accelerator: Accelerator, editor: Editor) -> None:
+    """FSDP2 shards the frozen base; the LoRA modules are left whole (see byg.distributed)."""
+    plugin = accelerator.state.fsdp_plugin
+    if getattr(plugin, "fsdp_version", 1) != 2:
+        raise TrainingError(
+            "FSDP needs fsdp_version: 2 in the accelerate config (FSDP1 wraps the editor in a "
+            "new module, which the frozen-base and EMA views cannot see through); see "
+            "configs/accelerate/fsdp_flux.yaml"
+        )
+    lora_modules = [
+        m for name, m in editor.named_modules() if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B")
+    ]
+    plugin.ignored_modules = lora_modules
+
+
+def _check_fsdp_lora(editor: Editor) -> None:
+    from torch.distributed.tensor import DTensor
+
+    sharded = [n for n, p in editor.lora_named_parameters() if isinstance(p, DTensor)]
+    if sharded:
+        raise TrainingError(
+            f"FSDP sharded LoRA tensors ({sharded[:2]}...); they must stay whole on every rank"
+        )
 
 
 def _check_compatible(saved: dict, cfg: RunConfig) -> None:
-    """Refuse a checkpoint from another backbone or LoRA rank, naming the mismatch."""
+    """Refuse a checkpoint from another backbone, LoRA layout or objective, naming it."""
+    saved = saved or {}
     pairs = [
         ("model.backbone", saved.get("model", {}).get("backbone"), cfg.model.backbone),
         ("lora.rank", saved.get("lora", {}).get("rank"), cfg.lora.rank),
+        ("lora.targets", saved.get("lora", {}).get("targets"), cfg.lora.targets),
         ("objective", saved.get("objective"), cfg.objective),
     ]
     for name, a, b in pairs:
