@@ -466,7 +466,7 @@ def validate_folder(
         counts[row.edit_type] += 1
         n_targets += row.target_file_name is not None
     bad.sort(key=lambda b: b.line_no)
-    referenced = {r.file_name for r in rows} | {r.target_file_name for r in rows}
+    referenced = _referenced_names(data_dir)
     n_unlisted = sum(
         1
         for p in data_dir.rglob("*")
@@ -487,6 +487,20 @@ def _line_numbers(data_dir: Path) -> dict[str, int]:
                 continue
             if isinstance(name, str):
                 out.setdefault(name, line_no)
+    return out
+
+
+def _referenced_names(data_dir: Path) -> set[str]:
+    """Every file_name and target_file_name on a line that parses, good row or not."""
+    out: set[str] = set()
+    with open(data_dir / METADATA_NAME, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out |= {rec.get(k) for k in ("file_name", "target_file_name")} - {None}
     return out
 
 
