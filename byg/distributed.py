@@ -56,11 +56,9 @@ def is_deepspeed(accelerator: Accelerator) -> bool:
 def ddp_kwargs():
     """DDP options for LoRA training (passed to ``Accelerator(kwargs_handlers=...)``).
 
-    * ``find_unused_parameters=False``: every LoRA tensor is used by every step kind
-      (identity-only and full), and the search costs a graph walk per step.
-    * ``broadcast_buffers=False``: backbone buffers are constants (RoPE tables etc.); a
-      broadcast per forward would also make a rank that fails before its forward hang
-      the others instead of letting the launcher stop them.
+    ``find_unused_parameters=False`` (stated, though it is the default): every LoRA tensor
+    is used by every step kind (identity-only and full), and the search would cost a graph
+    walk per step.
 
     A full ByG step calls the trainable editor twice (forward edit + identity batched,
     then the reverse pass) before one backward. Each LoRA tensor's gradient is accumulated
@@ -69,7 +67,7 @@ def ddp_kwargs():
     """
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=False)
+    return DistributedDataParallelKwargs(find_unused_parameters=False)
 
 
 def reduce_sum(accelerator: Accelerator, values: Sequence[float]) -> list[float]:

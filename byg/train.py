@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -304,7 +305,17 @@ def train(
 
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=[ddp_kwargs()])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(
+        mixed_precision=tc.mixed_precision,
+        kwargs_handlers=[ddp_kwargs()],
+        cpu=launched > 1 and not torch.cuda.is_available(),  # torchrun on CPU: gloo
+    )
+    if accelerator.num_processes != launched:
+        raise TrainingError(
+            f"launched as {launched} processes but accelerate set up {accelerator.num_processes}"
+            "; they would train independently and overwrite each other's checkpoints"
+        )
     if is_deepspeed(accelerator):
         raise TrainingError(
             "DeepSpeed is not supported by `byg train`: ZeRO partitions the optimizer state "
@@ -469,8 +480,9 @@ def train(
                 py_rng.seed(step_seed(tc.seed, step))
                 items = [dataset[i] for i in positions(step, chunk)]
                 batch = collate_batch(items, editor, device)
-                sync = accelerator.no_sync(model) if micro < ga - 1 else nullcontext()
-                with sync, accelerator.autocast():
+                # gradients are all-reduced on the last micro-step only
+                sync = partial(accelerator.no_sync, model) if micro < ga - 1 else nullcontext
+                with sync(), accelerator.autocast():
                     res = objective(editor, batch, step, generator, py_rng, model=model)
                 loss, kind = res.loss, res.kind
                 if n in nan_steps:
@@ -480,7 +492,7 @@ def train(
                 if reduce_sum(accelerator, [ok])[0] < world:
                     finite, bad_terms = False, dict(res.terms)
                     break
-                with sync:
+                with sync():
                     accelerator.backward(loss / ga)
                 for k, v in res.terms.items():
                     sums[k] = sums.get(k, 0.0) + v
