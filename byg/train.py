@@ -249,8 +249,8 @@ def _hang(out: Path, step: int, stop: dict) -> None:
 
 
 def _skipped_items(dataset, accelerator: Accelerator) -> list[str]:
-    """Names of bad items the dataset skipped, over all ranks (``data.skip_bad``)."""
-    names = [str(getattr(b, "file_name", b)) for b in getattr(dataset, "bad_rows", [])]
+    """The bad items the dataset skipped, over all ranks (``data.skip_bad``), described."""
+    names = [str(b) for b in getattr(dataset, "bad_rows", [])]  # "line N (file): reason"
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
