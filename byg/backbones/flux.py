@@ -47,7 +47,7 @@ import torch.utils.checkpoint
 from torch import Tensor
 
 from byg.backbones.base import Backbone, TextEmbeds
-from byg.config import from_dict
+from byg.config import ConfigError, from_dict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -467,12 +467,13 @@ def _random_transformer(cfg: dict[str, Any], seed: int, dtype: torch.dtype) -> A
     from diffusers import FluxTransformer2DModel
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # fp32 init, then cast: the same weights in every dtype
         try:
             model = FluxTransformer2DModel(**cfg)
         except TypeError as e:
-            raise ValueError(f"model.options.transformer: {e}") from e
-    return model.to(dtype)
+            raise ConfigError(f"model.options.transformer: {e}") from e
+    # nn.Module.to: ModelMixin.to warns about fp32-only modules, which FLUX does not have
+    return torch.nn.Module.to(model, dtype)
 
 
 TINY_TRANSFORMER = {
