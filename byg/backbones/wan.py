@@ -527,8 +527,14 @@ class WanBackbone(Backbone):
     def forward(
         self, x_t: Tensor, t: Tensor, text: TextEmbeds, cond: Tensor | None = None
     ) -> Tensor:
-        """Velocity ``[B, C, F, H, W]`` (float32 when ``x_t`` is), routed per sample to its expert."""
+        """Velocity like ``x_t`` (``[B, C, F, H, W]``, or ``[B, C, H, W]`` for one frame).
+
+        Each sample runs the expert of its own ``t``; the result has ``x_t``'s dtype.
+        """
         self.check_inputs(x_t, t, cond)
+        if x_t.ndim == 4:  # an image latent [B, C, H, W] is a one-frame video
+            c = None if cond is None else cond[:, :, None]
+            return self.forward(x_t[:, :, None], t, text, c)[:, :, 0]
         if x_t.ndim != 5:
             raise ValueError(f"Wan expects latents [B, C, F, H, W], got {tuple(x_t.shape)}")
         if x_t.shape[1] != self.in_channels:
@@ -720,33 +726,61 @@ class WanCacheEncoder:
             raise ValueError(f"frame size {H}x{W} must be divisible by {s} for this VAE")
         return x
 
+    def to(self, device: torch.device | str) -> WanCacheEncoder:
+        """Move the VAE and UMT5 (``byg cache --device``)."""
+        self.device = torch.device(device)
+        self.vae.to(self.device)
+        self.text.to(self.device)
+        return self
+
     @torch.no_grad()
     def encode_media(self, x: Tensor) -> Tensor:
-        x = self.check_pixels(x)
-        posterior = self.vae.encode(x.to(self.device, self.dtype)).latent_dist
-        z = posterior.mode().float()
-        return (z - self.mean.to(z.device)) / self.std.to(z.device)
+        """Pixels -> normalised float32 latents on ``x``'s device (an image gives ``[B, z, h, w]``)."""
+        image = x.ndim == 4
+        v = self.check_pixels(x)
+        posterior = self.vae.encode(v.to(self.device, self.dtype)).latent_dist
+        z = posterior.mode().float()  # deterministic: the posterior mode
+        z = (z - self.mean.to(z.device)) / self.std.to(z.device)
+        return (z[:, :, 0] if image else z).to(x.device)
 
     @torch.no_grad()
     def decode_media(self, latents: Tensor) -> Tensor:
-        if latents.ndim != 5:
+        """Latents ``[B, z, f, h, w]`` (or ``[B, z, h, w]``) -> float32 pixels in [-1, 1]."""
+        image = latents.ndim == 4
+        z = latents[:, :, None] if image else latents
+        if z.ndim != 5:
             raise ValueError(f"expected latents [B, C, F, H, W], got {tuple(latents.shape)}")
-        z = latents.to(self.device).float() * self.std.to(self.device) + self.mean.to(self.device)
-        x = self.vae.decode(z.to(self.dtype)).sample
-        return x.float().clamp(-1, 1)
+        z = z.to(self.device).float() * self.std.to(self.device) + self.mean.to(self.device)
+        x = self.vae.decode(z.to(self.dtype)).sample.float().clamp(-1, 1)
+        return (x[:, :, 0] if image else x).to(latents.device)
 
     def encode_text(self, prompts: list[str]) -> TextEmbeds:
         return self.text(prompts)
 
 
-def _folder_id(root: Path, max_sequence_length: int) -> str:
-    """Model identity for cache keys: folder name + a hash of the VAE/text-encoder configs."""
+def _folder_id(root: Path, opts: WanOptions) -> str:
+    """Model identity for cache keys.
+
+    The folder name, the VAE / UMT5 / tokenizer configs, a sample of every weight file's
+    bytes (its size and 64 KiB from its middle and end: cheap, and different fine-tunes
+    differ there), the dtypes and the text length.
+    """
     h = hashlib.sha1()
-    for rel in ("vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json"):
-        p = root / rel
-        h.update(rel.encode())
-        h.update(p.read_bytes() if p.exists() else b"-")
-    h.update(str(max_sequence_length).encode())
+    for sub in ("vae", "text_encoder", "tokenizer"):
+        for p in sorted((root / sub).glob("*")):
+            if not p.is_file():
+                continue
+            h.update(f"{sub}/{p.name}".encode())
+            if p.suffix in (".json", ".txt", ".model"):
+                h.update(p.read_bytes())
+                continue
+            size = p.stat().st_size
+            h.update(str(size).encode())
+            with p.open("rb") as f:
+                for offset in (size // 2, max(0, size - 65536)):
+                    f.seek(offset)
+                    h.update(f.read(65536))
+    h.update(f"{opts.vae_dtype}/{opts.text_encoder_dtype}/{opts.max_sequence_length}".encode())
     return f"wan:{root.resolve().name}:{h.hexdigest()[:12]}"
 
 
@@ -759,13 +793,16 @@ def build_cache_encoder(options: dict[str, Any]) -> WanCacheEncoder:
     vae_dtype = DTYPES[opts.vae_dtype]
     if opts.tiny:
         vae = tiny_components(opts.layout, opts.seed)["vae"].to(vae_dtype)
-        model_id = f"wan:tiny-{opts.layout}-seed{opts.seed}:L{opts.max_sequence_length}"
+        model_id = (
+            f"wan:tiny-{opts.layout}-seed{opts.seed}:"
+            f"{opts.vae_dtype}/{opts.text_encoder_dtype}/{opts.max_sequence_length}"
+        )
     else:
         root = Path(opts.pretrained or "")
         if not (root / "vae" / "config.json").exists():
             raise FileNotFoundError(f"Wan folder {str(root)!r} lacks vae/config.json")
         vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=vae_dtype)
-        model_id = _folder_id(root, opts.max_sequence_length)
+        model_id = _folder_id(root, opts)
     if opts.vae_tiling:
         vae.enable_tiling()
     return WanCacheEncoder(vae, _load_text_encoder(opts), model_id, device)
