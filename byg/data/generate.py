@@ -550,7 +550,7 @@ def generate_edit_specs(
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="generate", unit="img")
-    consecutive_failures = 0
+    consecutive_failures, last_failure = 0, ""
     jobs: Iterator[str] = iter(todo)
     window = 2 * client.config.concurrency  # bounded number of requests in flight
     with ThreadPoolExecutor(max_workers=client.config.concurrency) as pool:
@@ -571,6 +571,7 @@ def generate_edit_specs(
                     pending.discard(fut)
                     out = fut.result()
                     consecutive_failures = 0 if out.status != "failed" else consecutive_failures + 1
+                    last_failure = client._scrub(out.reason) if out.status == "failed" else ""
                     _handle(out, images_dir, out_dir, cfg, sampler, stats, client)
                     if bar is not None:
                         bar.update(1)
@@ -578,7 +579,7 @@ def generate_edit_specs(
                 if consecutive_failures >= cfg.max_consecutive_failures:
                     raise VLMError(
                         f"{consecutive_failures} requests in a row failed; last: "
-                        f"{stats.reasons.most_common(1)}. Is the server at "
+                        f"{last_failure}. Is the server at "
                         f"{client.url} up? Rerun with --resume to continue."
                     )
                 refill()
