@@ -1,0 +1,549 @@
+"""The toy text-to-image backbone: a small pixel-space flow-matching DiT with a conv stem.
+
+Layout (one line per step of ``forward``)::
+
+    x_t [B,3,H,W] --stem(t)--> s [B,C,H,W] --patch p--> tokens [B,N,D] + pos2d
+    cond [B,3,H,W] --stem(0)--> ... --patch p--> tokens [B,M,D] + pos2d + type_cond
+    text --word tokens--> text encoder --> [B,L,D] (+ masked mean pooled into the AdaLN vector)
+    [noisy ; cond] tokens --depth x (AdaLN-zero self-attn, cross-attn to text, AdaLN-zero MLP)-->
+    noisy tokens only --final AdaLN + linear + unpatchify--> [B,C',H,W]
+    cat(., s) --conv head--> v [B,3,H,W]
+
+Editing-relevant choices (METHOD.md §2):
+
+* **Condition tokens** come from the *same* stem and patch embedding as the noisy input and
+  get the *same* 2D sin-cos positional encoding (a fixed buffer shared by both), plus a
+  learned ``type_cond`` vector. They are appended along the token axis in every block and
+  the output is sliced back to the noisy tokens. With ``cond=None`` no extra token exists, so
+  the model is exactly the text-to-image base.
+* **Time for condition tokens** (``cond_time``): ``"clean"`` (default) runs the condition
+  image through the stem and the AdaLN modulation at ``t = 0``, i.e. as the clean image it
+  is; the base has seen near-clean inputs at small ``t``, so its features for the condition
+  are meaningful from the start. ``"shared"`` modulates them with the noisy tokens' ``t``
+  (FLUX-Kontext-like shared AdaLN).
+* **LoRA** (``default_lora_targets``): every linear of the transformer blocks (self-attn
+  ``qkv``/``attn_out``, cross-attn ``cross_q``/``cross_kv``/``cross_out``, MLP ``fc1``/``fc2``)
+  and the token-to-pixel ``to_pixels``. The condition path after the (frozen) stem runs
+  entirely through these, so LoRA alone can learn to copy: a query at position ``p`` keys on
+  the shared positional code at ``p`` plus the condition marker. ``type_cond`` is never
+  trained during pretraining (there is no condition then) and ``Editor`` freezes it; it is
+  therefore initialised to a fixed random vector (std ``type_init_std``), a constant marker
+  that LoRA-adapted ``qkv`` can key on. The condition tokens also differ from the noisy ones
+  through their ``t = 0`` modulation.
+
+Text: a word-level tokenizer over ``byg.data.toy.vocabulary()`` (lower-case, punctuation
+stripped), ``<bos>`` first (so the empty prompt, the unconditional input for CFG, is one
+valid token and attention never sees an all-masked row), ``<unk>`` for unknown words,
+``<pad>`` after. The vocabulary is stored in the config, so a checkpoint keeps its tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from byg.backbones.base import Backbone, TextEmbeds
+
+SHIPPED_BASE = Path(__file__).resolve().parents[1] / "assets" / "toy_base"
+PAD, UNK, BOS = "<pad>", "<unk>", "<bos>"
+SPECIAL = (PAD, UNK, BOS)
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-case words with punctuation stripped (``"A red, big-circle!"`` -> a/red/big/circle)."""
+    return _WORD.findall(text.lower())
+
+
+def default_vocabulary() -> list[str]:
+    """Words of the toy world (``byg.data.toy.vocabulary()``), split like prompts are."""
+    from byg.data.toy import vocabulary
+
+    words: list[str] = []
+    for w in vocabulary():
+        words.extend(split_words(w))
+    return sorted(set(words))
+
+
+@dataclass
+class ToyBackboneConfig:
+    """Architecture of the toy backbone (all sizes validated on construction).
+
+    Attributes:
+        image_size: square input resolution ``H = W``.
+        channels: image channels.
+        stem_channels: width of the full-resolution conv stem and head.
+        stem_blocks: residual blocks in the stem.
+        patch_size: stem features -> tokens with a ``p x p`` stride-``p`` conv.
+        dim: transformer width (text encoder shares it).
+        depth: transformer blocks.
+        heads: attention heads (``dim % heads == 0``).
+        mlp_ratio: MLP hidden = ``mlp_ratio * dim``.
+        text_layers: transformer layers of the text encoder.
+        max_text_len: tokens per prompt including ``<bos>``; longer prompts raise.
+        cond_time: ``"clean"`` (condition tokens at ``t = 0``) or ``"shared"`` (same ``t``).
+        type_init_std: std of the fixed random init of the condition type embedding.
+        vocab: tokenizer words (without specials); ``None`` = the toy world's vocabulary.
+    """
+
+    image_size: int = 32
+    channels: int = 3
+    stem_channels: int = 32
+    stem_blocks: int = 1
+    patch_size: int = 2
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    text_layers: int = 2
+    max_text_len: int = 32
+    cond_time: Literal["clean", "shared"] = "clean"
+    type_init_std: float = 0.5
+    vocab: list[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "channels", "stem_channels", "patch_size", "dim", "depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("stem_blocks", "text_layers"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.heads < 1 or self.dim % self.heads:
+            raise ValueError(f"heads must divide dim: dim={self.dim}, heads={self.heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size={self.patch_size} must divide image_size={self.image_size}"
+            )
+        if self.stem_channels % 8:
+            raise ValueError(f"stem_channels must be a multiple of 8, got {self.stem_channels}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.max_text_len < 2:
+            raise ValueError(f"max_text_len must be >= 2, got {self.max_text_len}")
+        if self.cond_time not in ("clean", "shared"):
+            raise ValueError(f"cond_time must be 'clean' or 'shared', got {self.cond_time!r}")
+        if self.type_init_std < 0:
+            raise ValueError(f"type_init_std must be >= 0, got {self.type_init_std}")
+        if self.vocab is not None:
+            bad = [w for w in self.vocab if split_words(w) != [w]]
+            if bad:
+                raise ValueError(f"vocab words must be lower-case [a-z0-9]+, got {bad[:5]}")
+            dup = sorted({w for w in self.vocab if self.vocab.count(w) > 1})
+            if dup:
+                raise ValueError(f"vocab has duplicate words {dup[:5]}")
+
+    def resolved(self) -> ToyBackboneConfig:
+        """A copy with ``vocab`` filled in from the toy world when it is ``None``."""
+        if self.vocab is not None:
+            return dataclasses.replace(self, vocab=list(self.vocab))
+        return dataclasses.replace(self, vocab=default_vocabulary())
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+class WordTokenizer:
+    """Word-level tokenizer: ``<bos> w1 w2 ... <pad> ...``, unknown words -> ``<unk>``."""
+
+    def __init__(self, words: list[str], max_len: int) -> None:
+        self.itos = list(SPECIAL) + list(words)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.max_len = max_len
+        self.pad_id, self.unk_id, self.bos_id = (self.stoi[s] for s in SPECIAL)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __call__(self, prompts: list[str]) -> TextEmbeds:
+        """``{"tokens": LongTensor [B, L], "mask": BoolTensor [B, L]}`` with ``L = max_len``."""
+        if isinstance(prompts, str):
+            raise TypeError("encode a list of prompts, not a single string")
+        tokens = torch.full((len(prompts), self.max_len), self.pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids = [self.bos_id] + [self.stoi.get(w, self.unk_id) for w in split_words(p)]
+            if len(ids) > self.max_len:
+                raise ValueError(
+                    f"prompt {i} has {len(ids) - 1} words, more than max_text_len-1="
+                    f"{self.max_len - 1}: {p!r}"
+                )
+            tokens[i, : len(ids)] = torch.tensor(ids)
+        return {"tokens": tokens, "mask": tokens != self.pad_id}
+
+    def decode(self, tokens: Tensor) -> list[str]:
+        return [
+            " ".join(self.itos[i] for i in row.tolist() if self.itos[i] not in (PAD, BOS))
+            for row in tokens
+        ]
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def sincos_2d(grid: int, dim: int) -> Tensor:
+    """Fixed 2D sin-cos positional encoding ``[grid * grid, dim]`` (row-major tokens)."""
+    if dim % 4:
+        raise ValueError(f"dim must be a multiple of 4 for 2D sin-cos, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64),
+        torch.arange(grid, dtype=torch.float64),
+        indexing="ij",
+    )
+    out = []
+    for pos in (ys.flatten(), xs.flatten()):
+        ang = pos[:, None] * omega[None, :]
+        out += [ang.sin(), ang.cos()]
+    return torch.cat(out, 1).float()
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding ``[B, dim]`` of ``t in [0, 1]`` (scaled by 1000, as in DiT)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([args.cos(), args.sin()], -1)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class ResBlock(nn.Module):
+    """Conv residual block with an additive time/text embedding (full resolution)."""
+
+    def __init__(self, ch: int, emb_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, ch)
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, ch)
+        self.norm2 = nn.GroupNorm(8, ch)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class TextLayer(nn.Module):
+    """Pre-LN transformer layer over text tokens with a key padding mask."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        b, n, d = x.shape
+        qkv = self.in_proj(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, L, d_head)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        x = x + self.out_proj(a.transpose(1, 2).reshape(b, n, d))
+        return x + self.ff(self.norm2(x))
+
+
+class TextEncoder(nn.Module):
+    """Token embedding + learned positions + a few transformer layers -> ``[B, L, dim]``."""
+
+    def __init__(self, vocab_size: int, max_len: int, dim: int, heads: int, layers: int):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+        self.layers = nn.ModuleList(TextLayer(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        x = self.tok(tokens) + self.pos[: tokens.shape[1]]
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.norm(x)
+
+
+class DiTBlock(nn.Module):
+    """AdaLN-zero self-attention over image tokens, cross-attention to text, AdaLN-zero MLP.
+
+    ``c`` is ``[B, G, dim]``: one conditioning vector per token group (noisy, condition);
+    ``groups`` holds the group sizes, so noisy and condition tokens can carry different
+    times while the modulation MLP runs once per group, not once per token.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attn_out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.cross_q = nn.Linear(dim, dim)
+        self.cross_kv = nn.Linear(dim, 2 * dim)
+        self.cross_out = nn.Linear(dim, dim)
+        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.adaLN = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.adaLN.weight)
+        nn.init.zeros_(self.adaLN.bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)  # (B, h, n, dh)
+
+    def forward(
+        self, x: Tensor, c: Tensor, groups: list[int], text: Tensor, text_mask: Tensor
+    ) -> Tensor:
+        b, n, d = x.shape
+        mod = self.adaLN(F.silu(c))  # (B, G, 6D)
+        if len(groups) > 1:
+            mod = torch.repeat_interleave(mod, torch.tensor(groups, device=x.device), dim=1)
+        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, -1)  # each (B, 1 or T, D)
+        q, k, v = self.qkv(modulate(self.norm1(x), sh1, sc1)).view(b, n, 3, d).unbind(2)
+        a = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        x = x + g1 * self.attn_out(a.transpose(1, 2).reshape(b, n, d))
+        kt, vt = self.cross_kv(text).chunk(2, -1)
+        q = self._heads(self.cross_q(self.norm2(x)))
+        a = F.scaled_dot_product_attention(
+            q, self._heads(kt), self._heads(vt), attn_mask=text_mask[:, None, None, :]
+        )
+        x = x + self.cross_out(a.transpose(1, 2).reshape(b, n, d))
+        h = self.fc2(F.gelu(self.fc1(modulate(self.norm3(x), sh2, sc2))))
+        return x + g2 * h
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class ToyBackbone(Backbone):
+    """Pixel-space flow-matching text-to-image model with DiT-style condition tokens.
+
+    ``forward(x_t [B,3,H,W], t [B], text, cond=None) -> v [B,3,H,W]``; ``text`` is the
+    ``{"tokens", "mask"}`` dict of ``encode_text``. See the module docstring for the layout.
+    """
+
+    default_lora_targets = (
+        "qkv",
+        "attn_out",
+        "cross_q",
+        "cross_kv",
+        "cross_out",
+        "fc1",
+        "fc2",
+        "to_pixels",
+    )
+    kind = "image"
+
+    def __init__(self, config: ToyBackboneConfig | None = None) -> None:
+        super().__init__()
+        cfg = (config or ToyBackboneConfig()).resolved()
+        self.config = cfg
+        self.tokenizer = WordTokenizer(cfg.vocab or [], cfg.max_text_len)
+        d, ch, p = cfg.dim, cfg.stem_channels, cfg.patch_size
+        self.grid = cfg.image_size // p
+        self.t_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.text_encoder = TextEncoder(
+            len(self.tokenizer), cfg.max_text_len, d, cfg.heads, cfg.text_layers
+        )
+        self.text_pool = nn.Linear(d, d)
+        self.stem_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
+        self.stem = nn.ModuleList(ResBlock(ch, d) for _ in range(cfg.stem_blocks))
+        self.patch = nn.Conv2d(ch, d, p, stride=p)
+        self.register_buffer("pos", sincos_2d(self.grid, d), persistent=False)  # (N, D)
+        self.type_cond = nn.Parameter(torch.randn(d) * cfg.type_init_std)
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.final_adaLN = nn.Linear(d, 2 * d)
+        nn.init.zeros_(self.final_adaLN.weight)
+        nn.init.zeros_(self.final_adaLN.bias)
+        self.to_pixels = nn.Linear(d, p * p * ch)
+        self.head_norm = nn.GroupNorm(8, 2 * ch)
+        self.head_conv = nn.Conv2d(2 * ch, ch, 3, padding=1)
+        self.head_out = nn.Conv2d(ch, cfg.channels, 3, padding=1)
+        nn.init.zeros_(self.head_out.weight)
+        nn.init.zeros_(self.head_out.bias)
+
+    # ------------------------------------------------------------------ interface
+    def encode_text(self, prompts: list[str]) -> TextEmbeds:
+        """``{"tokens": [B, L] long, "mask": [B, L] bool}``; ``""`` is the unconditional input."""
+        device = self.pos.device
+        return {k: v.to(device) for k, v in self.tokenizer(list(prompts)).items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "config": dataclasses.asdict(self.config)}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ pieces
+    def _text(self, text: TextEmbeds) -> tuple[Tensor, Tensor, Tensor]:
+        """Token features ``[B, L, D]``, their mask ``[B, L]`` and the pooled vector ``[B, D]``."""
+        if "tokens" not in text or "mask" not in text:
+            raise ValueError(
+                f"text must hold 'tokens' and 'mask' (encode_text), got {sorted(text)}"
+            )
+        tokens, mask = text["tokens"], text["mask"].bool()
+        if tokens.shape != mask.shape or tokens.ndim != 2:
+            raise ValueError(
+                f"text tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} must be [B, L]"
+            )
+        # drop trailing all-pad columns: masked keys never contribute, so this is exact
+        keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+        tokens, mask = tokens[:, :keep], mask[:, :keep]
+        feats = self.text_encoder(tokens, mask)
+        w = mask.unsqueeze(-1).to(feats.dtype)
+        pooled = (feats * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return feats, mask, self.text_pool(pooled)
+
+    def _image_tokens(self, x: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """Stem features ``[B, C, H, W]`` and positioned tokens ``[B, N, D]`` of one image."""
+        s = self.stem_in(x)
+        for block in self.stem:
+            s = block(s, emb)
+        tok = self.patch(s).flatten(2).transpose(1, 2)  # (B, N, D)
+        return s, tok + self.pos
+
+    def forward(
+        self, x_t: Tensor, t: Tensor, text: TextEmbeds, cond: Tensor | None = None
+    ) -> Tensor:
+        """Velocity ``[B, 3, H, W]`` (METHOD.md §1 convention ``v = eps - x0``)."""
+        self.check_inputs(x_t, t, cond)
+        size = self.config.image_size
+        if x_t.shape[1:] != (self.config.channels, size, size):
+            raise ValueError(
+                f"x_t must be [B, {self.config.channels}, {size}, {size}], got {tuple(x_t.shape)}"
+            )
+        if cond is not None and cond.shape != x_t.shape:
+            raise ValueError(f"cond must match x_t {tuple(x_t.shape)}, got {tuple(cond.shape)}")
+        b, n = x_t.shape[0], self.grid * self.grid
+        feats, mask, pooled = self._text(text)
+        c_x = self.t_embed(timestep_embedding(t, self.config.dim)) + pooled  # (B, D)
+        skip, h = self._image_tokens(x_t, c_x)
+        c, groups = c_x[:, None], [n]  # (B, 1, D): one modulation for all noisy tokens
+        if cond is not None:
+            t_cond = torch.zeros_like(t) if self.config.cond_time == "clean" else t
+            c_y = self.t_embed(timestep_embedding(t_cond, self.config.dim)) + pooled
+            _, h_cond = self._image_tokens(cond, c_y)
+            h = torch.cat([h, h_cond + self.type_cond], 1)  # (B, N + M, D)
+            c, groups = torch.stack([c_x, c_y], 1), [n, h_cond.shape[1]]  # (B, 2, D)
+        for block in self.blocks:
+            h = block(h, c, groups, feats, mask)
+        h = h[:, :n]  # (B, N, D): noisy tokens only
+        shift, scale = self.final_adaLN(F.silu(c_x))[:, None].chunk(2, -1)
+        h = self.to_pixels(modulate(self.final_norm(h), shift, scale))  # (B, N, p*p*C)
+        p, g, ch = self.config.patch_size, self.grid, self.config.stem_channels
+        h = h.view(b, g, g, p, p, ch).permute(0, 5, 1, 3, 2, 4).reshape(b, ch, g * p, g * p)
+        h = self.head_conv(F.silu(self.head_norm(torch.cat([h, skip], 1))))
+        return self.head_out(F.silu(h))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _config_from_dict(data: dict[str, Any]) -> ToyBackboneConfig:
+    from byg.config import from_dict
+
+    return from_dict(ToyBackboneConfig, data, "toy_backbone")
+
+
+def save_toy_backbone(model: ToyBackbone, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into folder ``path`` atomically (tmp+rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"backbone": model.describe(), **(extra or {})}
+    tmp_w, tmp_c = path / "model.safetensors.tmp", path / "config.json.tmp"
+    save_file(state, str(tmp_w))
+    tmp_c.write_text(json.dumps(meta, indent=1))
+    tmp_w.replace(path / "model.safetensors")
+    tmp_c.replace(path / "config.json")
+    return path
+
+
+def load_toy_backbone(path: str | Path) -> ToyBackbone:
+    """Load a folder written by ``save_toy_backbone`` (strict: every tensor must match)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights, meta_file = path / "model.safetensors", path / "config.json"
+    for f in (weights, meta_file):
+        if not f.exists():
+            raise FileNotFoundError(f"toy backbone checkpoint is missing {f}")
+    meta = json.loads(meta_file.read_text())
+    desc = meta.get("backbone", {})
+    if desc.get("class") != "ToyBackbone" or "config" not in desc:
+        raise ValueError(f"{meta_file} does not describe a ToyBackbone: {desc.get('class')!r}")
+    model = ToyBackbone(_config_from_dict(desc["config"]))
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return model.eval()
+
+
+def load_toy_base(path: str | Path | None = None) -> ToyBackbone:
+    """The pretrained toy base (default: the shipped ``byg/assets/toy_base``)."""
+    path = Path(path) if path is not None else SHIPPED_BASE
+    if path == SHIPPED_BASE and not (path / "model.safetensors").exists():
+        raise FileNotFoundError(
+            f"no shipped toy base at {path}; create one with `byg pretrain-base --out {path}`"
+        )
+    return load_toy_backbone(path)
+
+
+def build(options: dict[str, Any]) -> ToyBackbone:
+    """Registry entry (``byg.backbones.registry``).
+
+    ``options``:
+        ``{}``: the shipped pretrained base (``load_toy_base()``);
+        ``{"checkpoint": DIR}``: a folder with ``model.safetensors`` + ``config.json``;
+        ``{"config": {...}}`` or ``ToyBackboneConfig`` fields directly: a freshly
+        initialised model (for tests and pretraining).
+    """
+    options = dict(options)
+    if "checkpoint" in options:
+        ckpt = options.pop("checkpoint")
+        if options:
+            raise ValueError(
+                f"toy backbone: 'checkpoint' excludes other options, got {sorted(options)}"
+            )
+        return load_toy_base(ckpt)
+    if not options:
+        return load_toy_base()
+    if "config" in options:
+        cfg = options.pop("config")
+        if options:
+            raise ValueError(
+                f"toy backbone: 'config' excludes other options, got {sorted(options)}"
+            )
+        return ToyBackbone(_config_from_dict(dict(cfg)))
+    return ToyBackbone(_config_from_dict(options))
+
+
+__all__ = [
+    "SHIPPED_BASE",
+    "ToyBackbone",
+    "ToyBackboneConfig",
+    "WordTokenizer",
+    "build",
+    "load_toy_backbone",
+    "load_toy_base",
+    "save_toy_backbone",
+    "split_words",
+]

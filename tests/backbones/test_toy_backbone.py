@@ -1,0 +1,227 @@
+"""The toy backbone: shapes, condition tokens, positional codes, LoRA, tokenizer, configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from byg.backbones.editor import Editor
+from byg.backbones.registry import build_backbone
+from byg.backbones.toy import (
+    ToyBackbone,
+    ToyBackboneConfig,
+    load_toy_backbone,
+    save_toy_backbone,
+    split_words,
+)
+from byg.config import ConfigError, from_dict
+
+VOCAB = ["a", "red", "blue", "circle", "square", "on", "background"]
+TINY = dict(
+    image_size=8,
+    stem_channels=8,
+    patch_size=2,
+    dim=32,
+    depth=2,
+    heads=2,
+    text_layers=1,
+    max_text_len=8,
+    vocab=VOCAB,
+)
+
+
+def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter (zero-initialised gates and heads included) a random value, so
+    that no path is trivially switched off at init."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model
+
+
+def _tiny(**kw) -> ToyBackbone:
+    torch.manual_seed(0)
+    return _randomize(ToyBackbone(ToyBackboneConfig(**{**TINY, **kw}))).eval()
+
+
+def _inputs(model: ToyBackbone, b: int = 3, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    s = model.config.image_size
+    x = torch.randn(b, 3, s, s, generator=gen)
+    cond = torch.randn(b, 3, s, s, generator=gen)
+    t = torch.rand(b, generator=gen)
+    text = model.encode_text(["a red circle", "blue square on a red background", ""][:b])
+    return x, t, text, cond
+
+
+def test_shapes_with_and_without_cond():
+    model = _tiny()
+    x, t, text, cond = _inputs(model)
+    assert model(x, t, text).shape == x.shape
+    assert model(x, t, text, cond).shape == x.shape
+    with pytest.raises(ValueError, match="t must have shape"):
+        model(x, t[:2], text)
+    with pytest.raises(ValueError, match="cond must match"):
+        model(x, t, text, cond[:, :, :4, :4])
+
+
+def test_cond_none_is_the_text_to_image_model():
+    """Without cond the output ignores every condition-only piece; with cond it changes."""
+    model = _tiny()
+    x, t, text, cond = _inputs(model)
+    with torch.no_grad():
+        plain = model(x, t, text)
+        model.type_cond.add_(5.0)
+        assert torch.equal(model(x, t, text), plain)
+        shared = ToyBackbone(dataclasses.replace(model.config, cond_time="shared"))
+        shared.load_state_dict(model.state_dict())
+        assert torch.equal(shared.eval()(x, t, text), plain)
+        with_cond = model(x, t, text, cond)
+    assert (with_cond - plain).abs().max() > 1e-3
+    # per-sample independence: sample 0 alone equals sample 0 of the batch
+    one = model(x[:1], t[:1], {k: v[:1] for k, v in text.items()})
+    torch.testing.assert_close(one, plain[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_cond_tokens_share_positional_encoding_with_noisy_tokens():
+    """With x_t = cond and t = 0 the condition tokens entering the first block equal the
+    noisy tokens plus exactly the type embedding: same stem, same patching, same 2D code."""
+    model = _tiny()
+    x, _, text, _ = _inputs(model)
+    t0 = torch.zeros(x.shape[0])
+    seen = {}
+    hook = model.blocks[0].register_forward_pre_hook(lambda m, args: seen.update(h=args[0]))
+    with torch.no_grad():
+        model(x, t0, text, x.clone())
+    hook.remove()
+    n = model.grid**2
+    h = seen["h"]  # (B, 2N, D)
+    assert h.shape[1] == 2 * n
+    torch.testing.assert_close(h[:, n:] - model.type_cond, h[:, :n], rtol=1e-5, atol=1e-5)
+    # and the code is really positional: every token position gets a distinct code
+    assert torch.unique(model.pos, dim=0).shape[0] == n
+
+
+def test_cond_time_clean_uses_t0_for_condition():
+    """'clean' condition tokens do not depend on the noisy tokens' t through the stem."""
+    model = _tiny()
+    x, t, text, cond = _inputs(model)
+    seen = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(x, t, text, cond)
+        model(x, 1 - t, text, cond)
+    hook.remove()
+    n = model.grid**2
+    torch.testing.assert_close(seen[0][:, n:], seen[1][:, n:])
+    assert not torch.allclose(seen[0][:, :n], seen[1][:, :n])
+
+
+def test_editor_with_zero_lora_equals_backbone_and_lora_reaches_cond_path():
+    model = _tiny()
+    x, t, text, cond = _inputs(model)
+    with torch.no_grad():
+        ref_plain, ref_cond = model(x, t, text), model(x, t, text, cond)
+    editor = Editor(model, rank=4, ema_decay=0.0)
+    names = [n for n, _ in editor.lora_named_parameters()]
+    for target in ToyBackbone.default_lora_targets:  # every default target matched something
+        assert any(f".{target}.lora_" in "." + n for n in names), target
+    assert not any("text_encoder" in n for n in names)
+    with torch.no_grad():
+        torch.testing.assert_close(editor(x, t, text), ref_plain, rtol=0, atol=0)
+        torch.testing.assert_close(editor(x, t, text, cond), ref_cond, rtol=0, atol=0)
+    # a trainable LoRA can move the output through the condition tokens
+    for p in editor.lora_parameters():
+        assert p.requires_grad
+    out = editor(x, t, text, cond)
+    grad = torch.autograd.grad(out.square().sum(), editor.lora_parameters(), allow_unused=True)
+    lora_b = [g for (n, _), g in zip(editor.lora_named_parameters(), grad) if "lora_B" in n]
+    assert all(g is not None and g.abs().sum() > 0 for g in lora_b)
+    with torch.no_grad():
+        for n, p in editor.lora_named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+        assert (editor(x, t, text, cond) - ref_cond).abs().max() > 1e-4
+        with editor.base():
+            torch.testing.assert_close(editor(x, t, text, cond), ref_cond, rtol=0, atol=0)
+
+
+def test_tokenizer_unknown_words_empty_prompt_and_limits():
+    model = _tiny()
+    tok = model.tokenizer
+    out = model.encode_text(["A RED, circle!", "", "a zebra circle"])
+    assert out["tokens"].shape == out["mask"].shape == (3, TINY["max_text_len"])
+    assert out["tokens"].dtype == torch.long and out["mask"].dtype == torch.bool
+    assert tok.decode(out["tokens"][:1]) == ["a red circle"]
+    assert out["mask"].sum(1).tolist() == [4, 1, 4]  # <bos> + words; "" is <bos> only
+    assert out["tokens"][1, 0] == tok.bos_id
+    assert out["tokens"][2, 2] == tok.unk_id  # zebra
+    assert split_words("Big-circle, on RED.") == ["big", "circle", "on", "red"]
+    with pytest.raises(ValueError, match="more than max_text_len"):
+        model.encode_text(["a " * 20])
+    # the empty prompt is a valid unconditional input (no NaN from an all-masked row)
+    x, t, _, _ = _inputs(model)
+    assert torch.isfinite(model(x, t, model.encode_text([""] * 3))).all()
+
+
+def test_trailing_padding_does_not_change_the_output():
+    model = _tiny()
+    x, t, text, _ = _inputs(model)
+    pad = torch.full((3, 5), model.tokenizer.pad_id)
+    longer = {
+        "tokens": torch.cat([text["tokens"], pad], 1),
+        "mask": torch.cat([text["mask"], torch.zeros(3, 5, dtype=torch.bool)], 1),
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, longer), model(x, t, text))
+
+
+def test_default_vocabulary_covers_toy_captions():
+    toy = pytest.importorskip("byg.data.toy")
+    model = ToyBackbone(ToyBackboneConfig(**{**TINY, "vocab": None, "max_text_len": 32}))
+    rng = __import__("numpy").random.default_rng(0)
+    cfg = toy.ToyWorldConfig()
+    prompts = [toy.caption(toy.sample_scene(rng, cfg), rng) for _ in range(200)]
+    tokens = model.encode_text(prompts)["tokens"]
+    assert not (tokens == model.tokenizer.unk_id).any()
+    assert model.config.vocab == sorted(set(model.config.vocab))
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(ValueError, match="heads must divide dim"):
+        ToyBackboneConfig(dim=30, heads=4)
+    with pytest.raises(ConfigError, match="patch_size"):
+        from_dict(ToyBackboneConfig, {"patch_size": 3})
+    with pytest.raises(ConfigError, match="'dims'.*did you mean 'dim'"):
+        from_dict(ToyBackboneConfig, {"dims": 64})
+    with pytest.raises(ConfigError, match="cond_time"):
+        from_dict(ToyBackboneConfig, {"cond_time": "noisy"})
+    with pytest.raises(ValueError, match="vocab"):
+        ToyBackboneConfig(vocab=["Red"])
+    with pytest.raises(ConfigError, match="stem_channels"):
+        build_backbone("toy", {"config": {**TINY, "stem_channels": 12}})
+    with pytest.raises(ValueError, match="excludes other options"):
+        build_backbone("toy", {"checkpoint": "x", "dim": 8})
+
+
+def test_save_load_round_trip_and_registry(tmp_path):
+    model = _tiny()
+    x, t, text, cond = _inputs(model)
+    save_toy_backbone(model, tmp_path / "ck", extra={"seed": 3})
+    assert not list((tmp_path / "ck").glob("*.tmp"))
+    for loaded in (
+        load_toy_backbone(tmp_path / "ck"),
+        build_backbone("toy", {"checkpoint": str(tmp_path / "ck")}),
+    ):
+        assert loaded.describe() == model.describe()
+        with torch.no_grad():
+            torch.testing.assert_close(
+                loaded(x, t, text, cond), model(x, t, text, cond), rtol=0, atol=0
+            )
+    fresh = build_backbone("toy", {"config": TINY})
+    assert fresh.describe()["config"]["dim"] == TINY["dim"]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_toy_backbone(tmp_path / "nowhere")
