@@ -381,7 +381,7 @@ def _load_text_encoder(opts: WanOptions) -> WanTextEncoder:
     dtype = DTYPES[opts.text_encoder_dtype]
     if opts.tiny:
         parts = tiny_components(opts.layout, opts.seed)
-        model, tokenizer = parts["text_encoder"].to(dtype), parts["tokenizer"]
+        model, tokenizer = _cast_keep_fp32(parts["text_encoder"], dtype), parts["tokenizer"]
     else:
         from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -670,12 +670,17 @@ def build(options: dict[str, Any]) -> WanBackbone:
 
 
 def _cast_keep_fp32(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """``model.to(dtype)`` except the modules diffusers keeps in float32 (rope, norms, time)."""
-    model.to(dtype)
-    keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    for name, module in model.named_modules():
-        if any(k in name.split(".") for k in keep):
-            module.to(torch.float32)
+    """Cast floating weights to ``dtype`` except those diffusers keeps in float32.
+
+    ``_keep_in_fp32_modules`` (rope, time embedder, modulation tables, norms) stay float32,
+    as ``from_pretrained(torch_dtype=...)`` leaves them.
+    """
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.is_floating_point():
+                fp32 = bool(keep & set(name.split(".")))
+                tensor.data = tensor.data.to(torch.float32 if fp32 else dtype)
     return model
 
 
@@ -792,7 +797,7 @@ def build_cache_encoder(options: dict[str, Any]) -> WanCacheEncoder:
     device = _encoder_device(opts)
     vae_dtype = DTYPES[opts.vae_dtype]
     if opts.tiny:
-        vae = tiny_components(opts.layout, opts.seed)["vae"].to(vae_dtype)
+        vae = _cast_keep_fp32(tiny_components(opts.layout, opts.seed)["vae"], vae_dtype)
         model_id = (
             f"wan:tiny-{opts.layout}-seed{opts.seed}:"
             f"{opts.vae_dtype}/{opts.text_encoder_dtype}/{opts.max_sequence_length}"
