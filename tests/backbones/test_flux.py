@@ -37,6 +37,15 @@ from byg.objectives.common import EditBatch
 SEQ = 16  # T5 tokens in these tests (the pipeline's max_sequence_length is passed the same)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls: one thread is several times faster than two on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_flux(tmp_path_factory) -> str:
     return str(save_tiny_flux(tmp_path_factory.mktemp("tiny_flux")))
@@ -349,15 +358,11 @@ def test_byg_steps_change_lora_not_base(opts, encoder):
     base_before = {n: p.clone() for n, p in editor.named_parameters() if "lora_" not in n}
     lora_before = editor.lora_state_dict()
     ema_before = editor.ema_state_dict()
-    prompts = {
-        "src": ["a red car", "a cat"],
-        "tgt": ["a blue car", "a dog"],
-        "fwd": ["make the car blue", "turn the cat into a dog"],
-        "rev": ["make the car red", "turn the dog into a cat"],
-    }
-    x_src = encoder.encode_media(torch.rand(2, 3, 16, 16) * 2 - 1)
+    prompts = {"src": ["a red car"], "tgt": ["a blue car"], "fwd": ["make the car blue"]}
+    prompts["rev"] = ["make the car red"]
+    x_src = encoder.encode_media(torch.rand(1, 3, 16, 16) * 2 - 1)
     batch = EditBatch(x_src=x_src, text={r: encoder.encode_text(p) for r, p in prompts.items()})
-    obj = ByGObjective(ByGConfig(rollout_steps=2, warmup_steps=0, p_id=0.0, warmup_ratio=None))
+    obj = ByGObjective(ByGConfig(rollout_steps=1, warmup_steps=0, p_id=0.0, warmup_ratio=None))
     opt = torch.optim.AdamW(editor.lora_parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     for step in range(2):
