@@ -339,7 +339,8 @@ def train(
     editor = build_editor(cfg).to(device)
     objective = make_objective(cfg)
     params = editor.lora_parameters()
-    if is_fsdp(accelerator):
+    fsdp = is_fsdp(accelerator)  # the frozen base sharded; LoRA whole, averaged by hand
+    if fsdp:
         _prepare_fsdp_plugin(accelerator, editor)
     opt = torch.optim.AdamW(
         params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
@@ -349,7 +350,7 @@ def train(
         opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
     )
     model, opt, sched = accelerator.prepare(editor, opt, sched)
-    if is_fsdp(accelerator):
+    if fsdp:
         _check_fsdp_lora(editor)
 
     G = world * ga * B  # global batch
@@ -502,7 +503,7 @@ def train(
 
             gnorm = None
             if finite:
-                if is_fsdp(accelerator):
+                if fsdp:
                     all_reduce_grads(accelerator, params)
                 if cfg.optim.grad_clip > 0:
                     gnorm = float(accelerator.clip_grad_norm_(params, cfg.optim.grad_clip))

@@ -11,6 +11,7 @@ captions): the same definitions serve the in-process reference runs of the tests
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 import zlib
@@ -107,8 +108,28 @@ BASE_OVERRIDES = [
 ]
 
 
+def _fsdp_on_cpu() -> None:
+    """Turn the gloo run into FSDP2 (accelerate offers FSDP on GPUs only; ``fully_shard``
+    itself works on CPU): the sharding, ignored LoRA modules and gradient averaging are the
+    real ones, only accelerate's device check is bypassed."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    def make(**kwargs):
+        acc = Accelerator(**kwargs)
+        acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2, auto_wrap_policy="no_wrap", reshard_after_forward=True
+        )
+        acc.state.distributed_type = DistributedType.FSDP
+        return acc
+
+    train_mod.Accelerator = make
+
+
 if __name__ == "__main__":
     install()
+    if os.environ.get("BYG_TEST_FSDP_ON_CPU"):
+        _fsdp_on_cpu()
     from byg.cli import main
 
     sys.exit(main(sys.argv[1:]))
