@@ -169,6 +169,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         out,
         language=args.language,
         group=args.group_by,
+        subset=args.subset,
         grid_html=args.grid_html,
         grid_png=args.grid_png,
         grid_rows=args.grid_rows,
@@ -370,6 +371,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", nargs="+", required=True, help="method folders, in column order")
     p.add_argument("--language", default="en", help="which viescore_<lang>.jsonl to read")
     p.add_argument("--group-by", default="task_type", help="row field to group scores by")
+    p.add_argument(
+        "--subset",
+        default="fullset",
+        choices=("fullset", "intersection"),
+        help="score every judged row, or only those with Intersection_exist",
+    )
     p.add_argument("--out", help="markdown file (default <results>/report.md)")
     p.add_argument("--grid-html", help="also write an HTML grid of sources and edits here")
     p.add_argument("--grid-png", help="also write a PNG grid here")

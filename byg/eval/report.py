@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from byg.eval.gedit import GEDIT_TASK_TYPES, TASK_NAMES, check_method_name
 from byg.eval.viescore import aggregate, read_results
@@ -68,14 +68,25 @@ def viescore_path(results: str | Path, method: str, language: str = "en") -> Pat
 
 
 def load_summaries(
-    results: str | Path, methods: Sequence[str], language: str = "en", group: str = "task_type"
+    results: str | Path,
+    methods: Sequence[str],
+    language: str = "en",
+    group: str = "task_type",
+    subset: str = "fullset",
 ) -> dict[str, dict[str, Any]]:
-    """``aggregate`` of each method's VIEScore file; methods without one are skipped."""
+    """``aggregate`` of each method's VIEScore file; methods without one are skipped.
+
+    ``subset="intersection"`` keeps the rows judged with ``intersection_exist`` true.
+    """
+    if subset not in ("fullset", "intersection"):
+        raise ValueError(f"subset must be 'fullset' or 'intersection', got {subset!r}")
     out = {}
     for m in methods:
         path = viescore_path(results, m, language)
         if path.exists():
             rows = list(read_results(path).values())
+            if subset == "intersection":
+                rows = [r for r in rows if r.get("intersection_exist")]
             if rows:
                 out[m] = aggregate(rows, group=group)
     return out
@@ -255,13 +266,13 @@ def write_png_grid(
             x = pad + c * (thumb + pad)
             if p is None:
                 continue
-            im = open_rgb(p)
-            im.thumbnail((thumb, thumb), Image.Resampling.BICUBIC)
+            im = ImageOps.contain(open_rgb(p), (thumb, thumb), Image.Resampling.BICUBIC)
             sheet.paste(im, (x, y))
             s = e["scores"].get(methods[c - 1]) if c else None
             if isinstance(s, (int, float)):
                 draw.text((x + 2, y + 2), f"{s:.2f}", fill="yellow", font=font)
-        wrapped = textwrap.wrap(e["instruction"], width=max(20, width // 7))[:3]
+        label = f"[{task_label(e['task_type'])}] {e['instruction']}"
+        wrapped = textwrap.wrap(label, width=max(20, width // 7))[:3]
         draw.multiline_text((pad, y + thumb + 2), "\n".join(wrapped), fill="black", font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -276,13 +287,17 @@ def write_report(
     *,
     language: str = "en",
     group: str = "task_type",
+    subset: str = "fullset",
     grid_html: str | Path | None = None,
     grid_png: str | Path | None = None,
     grid_rows: int = 24,
 ) -> Path:
     """Write the markdown report (and the grids when paths are given); return its path."""
-    summaries = load_summaries(results, methods, language, group)
-    parts = ["# Evaluation report\n", f"Results: `{results}`; language: `{language}`.\n"]
+    summaries = load_summaries(results, methods, language, group, subset)
+    parts = [
+        "# Evaluation report\n",
+        f"Results: `{results}`; language: `{language}`; subset: `{subset}`.\n",
+    ]
     if summaries:
         parts += [
             "\n## VIEScore overall per edit type\n",
@@ -297,10 +312,10 @@ def write_report(
     vt = video_table(results, methods)
     if vt:
         parts += ["\n## Video metrics\n\n", vt]
-    if not summaries and not vt:
+    if not summaries and not vt and not (grid_html or grid_png):
         raise FileNotFoundError(
             f"no viescore_{language}.jsonl or video_metrics.jsonl under {results} for "
-            f"{list(methods)}"
+            f"{list(methods)}, and no grid asked for"
         )
     out = Path(out)
     if grid_html or grid_png:

@@ -278,6 +278,7 @@ def write_scores(results, method: str, per_task: dict[str, list[float]]) -> None
                     "sc": v,
                     "pq": v,
                     "overall": v,
+                    "intersection_exist": i == 0,
                     "error": None,
                 }
             )
@@ -304,6 +305,8 @@ def test_task_table_like_table_3(tmp_path):
     mean_ours = sum(i + 0.5 for i in range(11)) / 11
     assert table[-1] == f"| **Average** | {mean_ours:.2f} | 3.00 |"
     assert summaries["ours"]["failed"] == 1 and not math.isnan(summaries["ours"]["overall"])
+    inter = load_summaries(results, ["ours"], subset="intersection")["ours"]
+    assert inter["overall"] == pytest.approx(sum(range(11)) / 11) and inter["failed"] == 0
 
 
 def test_report_needs_scores(tmp_path):
