@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -49,6 +50,13 @@ def _add_vlm_args(p: argparse.ArgumentParser) -> None:
         "--temperature", type=float, default=0.7, help="sampling temperature (default %(default)s)"
     )
     g.add_argument(
+        "--extra-body",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help='extra request fields, e.g. \'{"chat_template_kwargs": {"enable_thinking": false}}\'',
+    )
+    g.add_argument(
         "--max-tokens",
         type=int,
         default=2048,
@@ -70,6 +78,7 @@ def _client(args: argparse.Namespace):
             concurrency=args.concurrency,
             temperature=args.temperature,
             max_tokens=args.max_tokens,
+            extra_body=args.extra_body,
         )
     )
 

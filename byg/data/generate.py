@@ -417,9 +417,21 @@ class _Outcome:
     reply: str | None = None
 
 
+_FAILURE_KINDS = r"HTTP \d+|timed out|connection failed|malformed response|cannot read image"
+
+
 def _rule_name(reason: str) -> str:
-    """A short key for counting rejection reasons: the text before the first '(' or ':'."""
-    return re.split(r"[(:]", reason, maxsplit=1)[0].strip()
+    """A short key for counting outcomes by cause, e.g. ``"tgt_caption uses temporal language"``
+    or ``"failed: HTTP 500"``."""
+    if reason.startswith("failed") or re.search(
+        r"attempt\(s\) failed|^HTTP \d+|^cannot read image", reason
+    ):
+        kind = re.findall(_FAILURE_KINDS, reason)
+        return f"failed: {kind[-1] if kind else 'request error'}"
+    first = reason.split("; ")[0]
+    if "is not one of" in first:
+        return "edit_type not among the allowed types"
+    return re.split(r" \(|: ", first, maxsplit=1)[0].strip()
 
 
 def _done_files(out_dir: Path) -> tuple[set[str], Counter[str]]:

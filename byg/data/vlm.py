@@ -17,6 +17,7 @@ import http.client
 import io
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -194,8 +195,6 @@ class ChatClient:
     """
 
     def __init__(self, config: VLMConfig, api_key: str | None = None) -> None:
-        import os
-
         self.config = config
         self.url = chat_url(config.endpoint)
         self._api_key = api_key if api_key is not None else os.environ.get(config.api_key_env)

@@ -203,6 +203,15 @@ def test_generate_keeps_rejects_and_fails_by_rule(server, tmp_path, capsys, capl
             tmp_path / "images", out, client(server.url, timeout=1.0, max_retries=1), cfg
         )
     assert (stats.kept, stats.rejected, stats.failed) == (5, 5, 2)
+    assert stats.reasons == {
+        "unparseable reply": 1,
+        "reverse_instruction refers to an original state": 1,
+        "tgt_caption uses temporal language": 1,
+        "edit_type not among the allowed types": 1,
+        "missing field 'reverse_instruction'": 1,
+        "failed: timed out": 1,
+        "failed: HTTP 401": 1,
+    }
     rows, bad = read_metadata(out)
     assert bad == [] and sorted(r.file_name for r in rows) == [
         "a.png",
