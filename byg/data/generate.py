@@ -268,7 +268,7 @@ def build_edit_prompt(
         "- tgt_caption: a description of the edited image alone, as if it had always looked "
         "that way. Describe what is there; do not mention a change or earlier state (avoid "
         'words like "now", "changed to", "became") and do not describe what is missing '
-        '(avoid "without ...", "no ...").',
+        '(avoid "without ...", "no ..."). For a style change, name the new style.',
         "- reverse_instruction: one imperative sentence that, applied to the edited image, "
         'yields the image shown here. Name the concrete result, e.g. "Make the bus yellow." '
         'or "Put a red kite in the sky."; the editor will not see this image, so never use '
