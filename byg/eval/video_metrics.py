@@ -95,15 +95,9 @@ def frames_to_array(
     if not frames:
         raise ValueError("no frames")
     size = size or frames[0].size
+    rgb = [f.convert("RGB") for f in frames]
     return np.stack(
-        [
-            np.asarray(
-                f.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-                if f.size != size
-                else f.convert("RGB")
-            )
-            for f in frames
-        ]
+        [np.asarray(f if f.size == size else f.resize(size, Image.BICUBIC)) for f in rgb]
     )
 
 
