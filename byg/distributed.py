@@ -82,7 +82,10 @@ def all_reduce_grads(accelerator: Accelerator, params: Sequence[Tensor]) -> None
     """Average ``.grad`` over ranks in one flat all-reduce (LoRA tensors outside FSDP)."""
     if accelerator.num_processes == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    for p in params:  # the same layout on every rank, even where a tensor got no gradient
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

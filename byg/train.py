@@ -336,12 +336,15 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(tc.seed)  # identical LoRA init on every rank
-    editor = build_editor(cfg).to(device)
+    editor = build_editor(cfg)
     objective = make_objective(cfg)
     params = editor.lora_parameters()
     fsdp = is_fsdp(accelerator)  # the frozen base sharded; LoRA whole, averaged by hand
-    if fsdp:
-        _prepare_fsdp_plugin(accelerator, editor)
+    if fsdp:  # FSDP moves the base to the GPU shard by shard; the LoRA modules go whole
+        for m in _prepare_fsdp_plugin(accelerator, editor):
+            m.to(device)
+    else:
+        editor.to(device)
     opt = torch.optim.AdamW(
         params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
     )
@@ -352,6 +355,11 @@ def train(
     model, opt, sched = accelerator.prepare(editor, opt, sched)
     if fsdp:
         _check_fsdp_lora(editor)
+        editor._ema = {  # the EMA follows the LoRA tensors (device, and dtype after upcasts)
+            n: editor._ema[n].to(p.device, p.dtype)
+            for n, p in editor.lora_named_parameters()
+            if n in editor._ema
+        }
 
     G = world * ga * B  # global batch
     start, pos_base = 0, 0
@@ -493,6 +501,11 @@ def train(
                 if reduce_sum(accelerator, [ok])[0] < world:
                     finite, bad_terms = False, dict(res.terms)
                     break
+                # every LoRA tensor joins the graph (with gradient 0 where unused, e.g. the
+                # Wan expert no sample of this chunk reached): the same set of gradients on
+                # every rank and in every layout, which DDP (find_unused_parameters=False)
+                # and the FSDP all-reduce rely on
+                loss = loss + 0.0 * sum(p.sum() for p in params)
                 with sync():
                     accelerator.backward(loss / ga)
                 for k, v in res.terms.items():
@@ -615,8 +628,12 @@ def _log_and_preview(cfg, out, n, end, row, editor, preview_items, hooks, bar, d
 # ----------------------------------------------------------------------------- FSDP
 
 
-def _prepare_fsdp_plugin(accelerator: Accelerator, editor: Editor) -> None:
-    """FSDP2 shards the frozen base; the LoRA modules are left whole (see byg.distributed)."""
+def _prepare_fsdp_plugin(accelerator: Accelerator, editor: Editor) -> list[torch.nn.Module]:
+    """FSDP2 shards the frozen base; the LoRA modules are left whole (see byg.distributed).
+
+    Returns:
+        The LoRA modules (FSDP ignores them, so it does not move them to the GPU either).
+    """
     plugin = accelerator.state.fsdp_plugin
     if getattr(plugin, "fsdp_version", 1) != 2:
         raise TrainingError(
@@ -628,6 +645,7 @@ def _prepare_fsdp_plugin(accelerator: Accelerator, editor: Editor) -> None:
         m for name, m in editor.named_modules() if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B")
     ]
     plugin.ignored_modules = lora_modules
+    return lora_modules
 
 
 def _check_fsdp_lora(editor: Editor) -> None:
