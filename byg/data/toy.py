@@ -532,7 +532,11 @@ TEXTURE_INSTRUCTIONS: dict[str, tuple[str, ...]] = {
     "dotted": ("make {ref} dotted", "cover {ref} with dots", "give {ref} polka dots"),
 }
 STYLE_INSTRUCTIONS: dict[str, tuple[str, ...]] = {
-    "filled": ("make it a filled drawing", "fill in the shapes", "draw the shapes filled"),
+    "filled": (
+        "make it a filled drawing",
+        "draw the shapes filled",
+        "turn the picture into a filled drawing",
+    ),
     "outline": (
         "make it an outline drawing",
         "draw only the outlines of the shapes",

@@ -1,0 +1,1 @@
+"""Evaluation: the toy oracle and metrics; VLM judges."""
