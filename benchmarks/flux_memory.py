@@ -186,7 +186,7 @@ def main() -> None:
             print(f"  {k:<36s}{v:6.1f} GB")
         print(f"  activations kept for backward       {stored / GB:6.1f} GB  ({stored_line})")
         print(
-            f"  working set (recompute | base pass)  {max(recompute, base_transient) / GB:6.1f} GB"
+            f"  working set (recompute | base pass) {max(recompute, base_transient) / GB:6.1f} GB"
             f"  (recompute {recompute / GB:.1f}, base 4B x {base_seq} tok {base_transient / GB:.1f})"
         )
         if text_enc:
