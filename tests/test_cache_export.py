@@ -343,3 +343,27 @@ def test_exported_lora_in_kontext_pipeline_matches_byg_edit(checkpoint, tiny_flu
     assert np.abs(ours - theirs).max() <= 1, np.abs(ours - theirs).max()
     # and the LoRA matters, so the comparison is not vacuous
     assert np.abs(without_lora - theirs).max() > 20
+
+
+def test_train_from_cache_then_export(tmp_path, encoder, opts):
+    """`byg train` on a cache holds only the transformer; its checkpoint exports."""
+    from byg.train import train
+
+    build_cache(encoder, _rows(), tmp_path / "cache", RES, progress=False)
+    cfg = from_dict(
+        RunConfig,
+        {
+            "model": {"backbone": "flux", "options": opts},
+            "lora": {"rank": 4},
+            "data": {"source": "cache", "path": str(tmp_path / "cache"), "resolution": RES},
+            "byg": {"rollout_steps": 2, "warmup_steps": 1, "warmup_ratio": None, "p_id": 0.0},
+            "train": {"steps": 2, "batch_size": 2, "save_every": 2, "preview_every": 0},
+        },
+    )
+    res = train(cfg, tmp_path / "run", progress=False)
+    assert res["steps"] == 2
+    assert res["editor"].backbone.encoder._text is None  # text encoders never loaded
+    out = export_checkpoint(tmp_path / "run", tmp_path / "lora.safetensors")
+    sd = load_file(out)
+    assert sd and all(k.startswith("transformer.") and ".default." not in k for k in sd)
+    assert any(v.abs().sum() > 0 for k, v in sd.items() if "lora_B" in k)  # trained

@@ -36,7 +36,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     encoder = build_cache_encoder(cfg.model.backbone, cfg.model.options)
     if args.device:
         encoder.to(args.device)
-    dataset = EditFolderDataset(data, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
+    dataset = EditFolderDataset(
+        data,
+        resolution=cfg.data.resolution,
+        skip_bad=cfg.data.skip_bad,
+        num_frames=args.num_frames,
+    )
     summary = build_cache(
         encoder,
         dataset,
@@ -84,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
     )
-    p.add_argument("--batch-size", type=int, default=4, help="images per VAE call")
+    p.add_argument("--batch-size", type=int, default=4, help="images (or clips) per VAE call")
+    p.add_argument("--num-frames", type=int, help="videos: keep the first N frames of each clip")
     p.add_argument("--text-batch-size", type=int, default=16, help="prompts per text-encoder call")
     p.add_argument(
         "--device", help="device of the VAE and text encoders (default: cuda if available)"
