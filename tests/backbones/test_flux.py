@@ -379,3 +379,20 @@ def test_byg_steps_change_lora_not_base(opts, encoder):
         if "lora_" not in n:
             assert torch.equal(p, base_before[n]), f"base weight {n} changed"
             assert not p.requires_grad
+
+
+def test_shipped_config_builds_on_the_tiny_folder(tiny_flux):
+    from pathlib import Path
+
+    from byg.infer import build_editor
+    from byg.run_config import load_run_config
+
+    cfg = load_run_config(
+        Path(__file__).parents[2] / "configs" / "flux_byg.yaml",
+        [f"model.options.pretrained={tiny_flux}", "model.options.dtype=float32"],
+    )
+    assert cfg.lora.rank == 64 and cfg.byg.rollout_steps == 10 and cfg.byg.p_id == 0.15
+    assert cfg.sample.steps == 20 and cfg.sample.shift == pytest.approx(kontext_shift(512), 1e-5)
+    editor = build_editor(cfg)
+    a = next(p for n, p in editor.lora_named_parameters() if "lora_A" in n)
+    assert a.shape[0] == 64
