@@ -90,8 +90,7 @@ def evaluate_edits(
     outputs = outputs.detach().float().cpu().clamp(-1, 1)
     src = _render_all([ex.src for ex in examples], world)
     tgt = _render_all([ex.tgt for ex in examples], world)
-    reads = oracle.read(outputs)
-    sil_out = oracle.silhouettes(outputs)
+    reads, sil_out = oracle.read_with_silhouettes(outputs)
     sil_src = oracle.silhouettes(src)
     ious = iou(sil_out, sil_src)
     p = psnr(outputs, tgt)
@@ -175,26 +174,24 @@ def calibrate_iou(n: int = 200, seed: int = 0, world: ToyWorldConfig | None = No
     import dataclasses
 
     from byg.data.toy import POSITION_RANGE, SIZES, sample_scene
-    from byg.eval.toy_oracle import analyse
+    from byg.eval.toy_oracle import analyse, single_thread
 
     world = world or ToyWorldConfig(second_object_prob=0.0)
     res = world.resolution
     lo, hi = POSITION_RANGE
-    cases: dict[str, list[float]] = defaultdict(list)
+    names = ("shift_1px", "shift_2px", "size_step")
+    scenes = []
     for i in range(n):
         s = sample_scene(np.random.default_rng([seed, i]), world)
-        variants = {}
+        scenes.append(s)
         for px in (1, 2):
             dx = px / res if s.x + px / res <= hi else -px / res
-            variants[f"shift_{px}px"] = dataclasses.replace(s, x=min(max(s.x + dx, lo), hi))
+            scenes.append(dataclasses.replace(s, x=min(max(s.x + dx, lo), hi)))
         k = SIZES.index(s.size)
-        variants["size_step"] = dataclasses.replace(
-            s, size=SIZES[k + 1 if k + 1 < len(SIZES) else k - 1]
-        )
-        ims = _render_all([s, *variants.values()], world)
-        sil = analyse(ims).silhouette
-        for j, name in enumerate(variants, start=1):
-            cases[name].append(float(iou(sil[:1], sil[j : j + 1])[0]))
+        scenes.append(dataclasses.replace(s, size=SIZES[k + 1 if k + 1 < len(SIZES) else k - 1]))
+    with single_thread():
+        sil = analyse(_render_all(scenes, world)).silhouette.reshape(n, 1 + len(names), res, res)
+    cases = {name: iou(sil[:, 0], sil[:, j + 1]).tolist() for j, name in enumerate(names)}
     return {
         k: {"min": float(np.min(v)), "median": float(np.median(v)), "max": float(np.max(v))}
         for k, v in cases.items()

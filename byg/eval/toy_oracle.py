@@ -24,6 +24,7 @@ they are fragile:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -278,6 +279,17 @@ def cnn_input(
 # ----------------------------------------------------------------------------- the oracle
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Run torch CPU ops on one thread inside the block, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class ToyOracle:
     """Reads every toy attribute from images ``[B, 3, H, W]`` in ``[-1, 1]``."""
 
@@ -310,12 +322,31 @@ class ToyOracle:
         Args:
             images: ``[B, 3, H, W]`` in ``[-1, 1]`` (clamped).
         """
-        out: list[dict] = []
-        for start in range(0, images.shape[0], batch_size):
-            out.extend(self._read(images[start : start + batch_size]))
-        return out
+        return self.read_with_silhouettes(images, batch_size)[0]
 
-    def _read(self, images: Tensor) -> list[dict]:
+    @torch.no_grad()
+    def read_with_silhouettes(
+        self, images: Tensor, batch_size: int = 256
+    ) -> tuple[list[dict], Tensor]:
+        """``read`` plus the main-object silhouettes ``[B, H, W]`` (bool).
+
+        Runs on one CPU thread (restored afterwards): these small ops are several times
+        slower with more threads on a busy machine.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
+        out: list[dict] = []
+        sils = []
+        with single_thread():
+            for start in range(0, images.shape[0], batch_size):
+                rows, sil = self._read(images[start : start + batch_size])
+                out.extend(rows)
+                sils.append(sil)
+        return out, torch.cat(sils) if sils else torch.zeros(
+            0, *images.shape[-2:], dtype=torch.bool
+        )
+
+    def _read(self, images: Tensor) -> tuple[list[dict], Tensor]:
         a = analyse(images)
         logits = self.cnn(cnn_input(images, a.background, a.x, a.y, self.resolution))
         preds = {k: logits[k].argmax(dim=1).tolist() for k in CNN_HEADS}
@@ -336,12 +367,13 @@ class ToyOracle:
                     "y": float(a.y[i]),
                 }
             )
-        return rows
+        return rows, a.silhouette
 
     @torch.no_grad()
     def silhouettes(self, images: Tensor) -> Tensor:
         """Main-object silhouettes ``[B, H, W]`` bool (for IoU checks)."""
-        return analyse(images).silhouette
+        with single_thread():
+            return analyse(images).silhouette
 
 
 # ----------------------------------------------------------------------------- training
@@ -408,12 +440,21 @@ def train_oracle(
 ) -> ToyOracle:
     """Train the oracle's CNN on fresh renders; save safetensors (with ``cfg``) if ``out``.
 
-    Deterministic given ``cfg.seed`` (and the torch build). Takes about a minute on 2 cores.
+    Deterministic given ``cfg.seed``, ``num_threads`` and the torch build (the shipped
+    weights: defaults, one thread; about 70 s of CPU time).
     """
-    from tqdm import tqdm
-
+    before = torch.get_num_threads()
     if num_threads:
         torch.set_num_threads(num_threads)
+    try:
+        return _train_oracle(cfg, out, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_oracle(cfg: OracleTrainConfig, out: str | Path | None, progress: bool) -> ToyOracle:
+    from tqdm import tqdm
+
     torch.manual_seed(cfg.seed)
     t0, c0 = time.time(), time.process_time()
     world = ToyWorldConfig(resolution=cfg.resolution, second_object_prob=cfg.second_object_prob)
@@ -509,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train the oracle CNN and save safetensors weights")
     t.add_argument("--out", default=str(SHIPPED_WEIGHTS), help="where to write the weights")
     t.add_argument("--seed", type=int, default=0, help="training seed")
-    t.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    t.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (the shipped weights used 1)"
+    )
     a = sub.add_parser("accuracy", help="per-attribute accuracy on clean (or noisy) renders")
     a.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     a.add_argument("--n", type=int, default=1000, help="number of scenes")
