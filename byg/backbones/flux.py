@@ -496,14 +496,15 @@ def save_tiny_flux(out_dir: str | Path, seed: int = 0, clip_length: int = 16) ->
     Real classes with tiny configs: ``FluxTransformer2DModel`` (``TINY_TRANSFORMER``), a
     2-level ``AutoencoderKL`` (4 latent channels, factor 2, FLUX's shift/scale), ``CLIPTextModel``
     and ``T5EncoderModel`` with character-level tokenizers built here, and FLUX.1's scheduler
-    config, saved through ``FluxKontextPipeline.save_pretrained``. No download.
+    config, saved through ``FluxPipeline.save_pretrained`` (the FLUX.1-dev layout, which
+    ``FluxKontextPipeline.from_pretrained`` also loads). No download.
     """
     import string
 
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
-        FluxKontextPipeline,
+        FluxPipeline,
         FluxTransformer2DModel,
     )
     from transformers import (
@@ -579,7 +580,7 @@ def save_tiny_flux(out_dir: str | Path, seed: int = 0, clip_length: int = 16) ->
         base_image_seq_len=SHIFT_BASE_SEQ_LEN,
         max_image_seq_len=SHIFT_MAX_SEQ_LEN,
     )
-    pipe = FluxKontextPipeline(
+    pipe = FluxPipeline(  # FLUX.1-dev's own model_index.json names FluxPipeline
         scheduler=scheduler,
         vae=vae,
         text_encoder=text_encoder,
