@@ -160,6 +160,13 @@ def main() -> None:
         "EMA LoRA copy (fp32)": n_lora * 4 / GB,
         "EMA swap buffer (fp32, in rollout)": n_lora * 4 / GB,
     }
+    t5 = TEXT_TOKENS * 4096 * 2 + 768 * 2  # bf16 prompt_embeds [512, 4096] + pooled [768]
+    print(f"cache on disk: {t5 / 1e6:.2f} MB per distinct prompt (bf16 T5 + CLIP pooled); latents")
+    for res in (512, 1024):
+        print(
+            f"  {res} px: 16 x {res // 8} x {res // 8} x 4 B = {16 * (res // 8) ** 2 * 4 / 1e6:.2f} MB"
+        )
+    print()
     n_double, n_single = FLUX1_DEV["num_layers"], FLUX1_DEV["num_single_layers"]
     for res in (512, 1024):
         img = (res // 16) ** 2  # 2x2-packed tokens of the 8x VAE latents
