@@ -571,10 +571,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 __all__ = [
     "ATTRIBUTES",
     "SHIPPED_WEIGHTS",
@@ -586,3 +582,7 @@ __all__ = [
     "oracle_accuracy",
     "size_from_area",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

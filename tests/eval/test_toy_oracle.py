@@ -17,6 +17,9 @@ from byg.eval.toy_metrics import (
     psnr,
     summarize,
 )
+from byg.eval.toy_metrics import (
+    main as metrics_main,
+)
 from byg.eval.toy_oracle import (
     ATTRIBUTES,
     OracleTrainConfig,
@@ -145,10 +148,12 @@ def test_psnr_and_iou_helpers():
     assert iou(a, b).item() == pytest.approx(4 / 12)
 
 
-def test_iou_threshold_evidence():
+def test_iou_threshold_evidence(capsys):
     cal = calibrate_iou(n=30)
     assert cal["shift_1px"]["min"] >= 0.6  # jitter accepted
     assert cal["size_step"]["max"] < 0.7
+    assert metrics_main(["calibrate-iou", "--n", "2"]) == 0
+    assert "shift_2px" in capsys.readouterr().out
 
 
 def test_train_save_load_round_trip(tmp_path):
