@@ -1,7 +1,8 @@
 """Two CPU processes (gloo, launched with ``accelerate launch``) train exactly like one.
 
 The tiny backbone trains for 8 steps with both step kinds (identity-only steps call the
-editor once, full ByG steps twice before one backward). 2 processes × batch 2 must give
+editor once, full ByG steps twice before one backward); step 6 is made NaN and must be
+skipped on every rank. 2 processes × batch 2 must give
 the LoRA and EMA weights of 1 process × batch 2 × grad_accum 2 (the same global batch,
 chunk for chunk; ``byg.distributed`` has the rules), and a checkpoint written by 2
 processes must resume on 1.
@@ -25,6 +26,7 @@ from byg.checkpoint import list_checkpoints, load_checkpoint
 from byg.run_config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
+NAN_STEP = "6"  # a full ByG step whose loss is made NaN on every rank: skipped everywhere
 WORKER = str(ROOT / "tests" / "_train_worker.py")
 
 
@@ -59,7 +61,7 @@ def ddp_run(tmp_path_factory) -> Path:
         f"--out={out}",
         *[f"--set={o}" for o in BASE_OVERRIDES],
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BYG_FAULT_NAN_AT_STEP": NAN_STEP}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return out
@@ -67,6 +69,7 @@ def ddp_run(tmp_path_factory) -> Path:
 
 def test_two_processes_equal_one_with_grad_accum(ddp_run, tmp_path, monkeypatch):
     install(monkeypatch)
+    monkeypatch.setenv("BYG_FAULT_NAN_AT_STEP", NAN_STEP)
     torch.manual_seed(0)
     ref = train_mod.train(
         load_run_config(None, BASE_OVERRIDES + ["train.grad_accum=2"]),
@@ -74,7 +77,7 @@ def test_two_processes_equal_one_with_grad_accum(ddp_run, tmp_path, monkeypatch)
         progress=False,
     )
     ckpts = list_checkpoints(ddp_run)
-    assert [c.name for c in ckpts] == [f"step_{s:07d}" for s in (2, 4, 6, 8)]
+    assert [c.name for c in ckpts] == [f"step_{s:07d}" for s in (2, 4, 8)]  # 6 was skipped
     final = load_checkpoint(ckpts[-1])
     assert final["state"]["world_size"] == 2 and final["state"]["global_batch"] == 4
     assert final["state"]["samples_seen"] == 32
@@ -86,6 +89,9 @@ def test_two_processes_equal_one_with_grad_accum(ddp_run, tmp_path, monkeypatch)
     # only rank 0 logs; logged terms are global means, equal to the one-process run's
     rows = [json.loads(line) for line in (ddp_run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))
+    skipped = [r for r in rows if "skipped" in r]
+    assert [r["step"] for r in skipped] == [int(NAN_STEP)]
+    rows = [r for r in rows if "skipped" not in r]
     assert {r["kind"] for r in rows} == {"identity", "full"}  # both step kinds under DDP
     assert [r["kind"] for r in rows] == [h["kind"] for h in ref["history"]]
     for r, h in zip(rows, ref["history"]):
@@ -95,10 +101,11 @@ def test_two_processes_equal_one_with_grad_accum(ddp_run, tmp_path, monkeypatch)
 def test_checkpoint_from_two_processes_resumes_on_one(ddp_run, tmp_path, monkeypatch):
     """Elastic resume: step 4 of the 2-process run, continued by 1 process with grad_accum 2."""
     install(monkeypatch)
+    monkeypatch.setenv("BYG_FAULT_NAN_AT_STEP", NAN_STEP)
     step4 = ddp_run / "checkpoints" / "step_0000004"
     cfg = load_run_config(None, BASE_OVERRIDES + ["train.grad_accum=2"])
     res = train_mod.train(cfg, tmp_path / "elastic", resume=str(step4), progress=False)
-    assert res["steps"] == 8 and [h["step"] for h in res["history"]] == [5, 6, 7, 8]
+    assert res["steps"] == 8 and [h["step"] for h in res["history"]] == [5, 7, 8]
     final = load_checkpoint(list_checkpoints(ddp_run)[-1])
     _assert_same(final["lora"], res["editor"].lora_state_dict())
     _assert_same(final["ema"], res["editor"].ema_state_dict())
@@ -125,7 +132,12 @@ def test_fsdp_shards_the_base_and_matches_ddp(ddp_run, tmp_path):
         f"--out={out}",
         *[f"--set={o}" for o in BASE_OVERRIDES],
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BYG_TEST_FSDP_ON_CPU": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "BYG_TEST_FSDP_ON_CPU": "1",
+        "BYG_FAULT_NAN_AT_STEP": NAN_STEP,
+    }
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     got = load_checkpoint(list_checkpoints(out)[-1])
