@@ -428,7 +428,7 @@ TEXTURE_ADJ: dict[str, tuple[str, ...]] = {
     "dotted": ("dotted", "spotted"),
 }
 TEXTURE_WITH: dict[str, tuple[str, ...]] = {
-    "solid": ("with no pattern", "without a pattern"),
+    "solid": ("in a plain colour", "with a solid colour"),
     "striped": ("with stripes", "with horizontal stripes"),
     "dotted": ("with dots", "with polka dots"),
 }
@@ -527,7 +527,7 @@ INSTRUCTIONS: dict[str, tuple[str, ...]] = {
     ),
 }
 TEXTURE_INSTRUCTIONS: dict[str, tuple[str, ...]] = {
-    "solid": ("make {ref} plain", "remove the pattern from {ref}", "give {ref} no pattern"),
+    "solid": ("make {ref} plain", "remove the pattern from {ref}", "give {ref} a plain colour"),
     "striped": ("make {ref} striped", "add stripes to {ref}", "give {ref} stripes"),
     "dotted": ("make {ref} dotted", "cover {ref} with dots", "give {ref} polka dots"),
 }

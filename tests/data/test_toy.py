@@ -54,7 +54,7 @@ BASE = Scene(
     y=0.5,
 )
 CAPTION_WORDS = {
-    "solid": ("plain", "solid", "no pattern", "without a pattern"),
+    "solid": ("plain", "solid"),
     "striped": ("striped", "stripes"),
     "dotted": ("dotted", "spotted", "dots"),
     "filled": ("filled",),
@@ -185,6 +185,8 @@ def test_edits_change_exactly_one_attribute_and_instructions_are_clean():
                 assert f"{ex.tgt.second.colour} {ex.tgt.second.shape}" in ex.c_fwd
                 assert f"{ex.tgt.second.colour} {ex.tgt.second.shape}" in ex.c_rev
             assert ex.c_src != ex.c_tgt
+            for text in (ex.c_src, ex.c_tgt):  # captions describe, never negate (data rules)
+                assert not {"no", "not", "without"} & set(text.split()), text
     assert seen_types == set(EDIT_TYPES)
 
 
