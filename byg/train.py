@@ -79,6 +79,8 @@ from byg.run_config import RunConfig, run_config_dict
 
 StepHook = Callable[[int, Editor, dict[str, Any]], dict[str, float] | None]
 
+#: where launchers put the number of processes (torchrun / accelerate, MPI flavours)
+WORLD_SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 FAULT_NAN_AT_STEP = "BYG_FAULT_NAN_AT_STEP"
 FAULT_HANG_AT_STEP = "BYG_FAULT_HANG_AT_STEP"
 
@@ -301,11 +303,16 @@ def train(
     ckpt = load_checkpoint(resume_path) if resume_path else None
     if ckpt is not None:
         _check_compatible(ckpt["config"], cfg)
+        if ckpt["optimizer"] is None:
+            raise TrainingError(
+                f"{ckpt['path']} has no optimizer state (optimizer.pt): it can be used for "
+                "editing but not resumed"
+            )
     dataset = build_dataset(cfg)
 
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = max(int(os.environ.get(k, "1")) for k in WORLD_SIZE_ENV)
     accelerator = Accelerator(
         mixed_precision=tc.mixed_precision,
         kwargs_handlers=[ddp_kwargs()],
@@ -446,11 +453,11 @@ def train(
                 error = e
         if reduce_sum(accelerator, [1.0 if error else 0.0])[0] > 0:
             kept = list_checkpoints(out)
-            kept_msg = f"the previous checkpoint {kept[-1]} is intact" if kept else "none kept"
+            kept_msg = f"the previous checkpoint {kept[-1]} is intact" if kept else "no earlier one"
             raise TrainingError(
                 f"could not write the checkpoint of step {step} in {out / 'checkpoints'}: "
-                f"{error or 'failed on rank 0'}; {kept_msg}. Free space and rerun with "
-                "--resume latest"
+                f"{error or 'failed on rank 0'}; {kept_msg}. Fix the cause (e.g. free disk "
+                "space) and rerun with --resume latest"
             ) from error
         saved_at["step"] = step
         accelerator.wait_for_everyone()
