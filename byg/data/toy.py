@@ -527,7 +527,7 @@ INSTRUCTIONS: dict[str, tuple[str, ...]] = {
     ),
 }
 TEXTURE_INSTRUCTIONS: dict[str, tuple[str, ...]] = {
-    "solid": ("make {ref} plain", "remove the pattern from {ref}", "give {ref} a plain colour"),
+    "solid": ("make {ref} plain", "give {ref} a plain colour", "paint {ref} in a plain colour"),
     "striped": ("make {ref} striped", "add stripes to {ref}", "give {ref} stripes"),
     "dotted": ("make {ref} dotted", "cover {ref} with dots", "give {ref} polka dots"),
 }

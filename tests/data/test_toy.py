@@ -181,6 +181,9 @@ def test_edits_change_exactly_one_attribute_and_instructions_are_clean():
                 value = ex.target_value
                 assert value in ex.c_fwd or (value == "outline" and "line" in ex.c_fwd), ex.c_fwd
                 assert str(src[ex.attribute]) in ex.c_rev or ex.edit_type == "style"
+            if ex.edit_type == "texture":
+                word = {"solid": "plain", "striped": "stripe", "dotted": "dot"}[ex.target_value]
+                assert word in ex.c_fwd, ex.c_fwd
             if ex.edit_type == "add":
                 assert f"{ex.tgt.second.colour} {ex.tgt.second.shape}" in ex.c_fwd
                 assert f"{ex.tgt.second.colour} {ex.tgt.second.shape}" in ex.c_rev
