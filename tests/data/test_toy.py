@@ -296,3 +296,13 @@ def test_datasets_are_deterministic_and_splits_disjoint():
         cap[5]
     with pytest.raises(ValueError, match="split"):
         ToyEditDataset(CFG, n=4, seed=0, split="val")
+
+
+def test_preview_writes_a_grid(tmp_path, capsys):
+    from PIL import Image
+
+    from byg.data.toy import main
+
+    assert main(["--out", str(tmp_path / "p.png"), "--n", "3", "--split", "unseen"]) == 0
+    assert Image.open(tmp_path / "p.png").size == (2 * 34 * 4, 3 * 34 * 4)
+    assert capsys.readouterr().out.count("fwd") == 3
