@@ -81,8 +81,8 @@ def unipc_sample(
     )
     sched.set_timesteps(num_steps, device=noise.device)
     x = noise
-    for ts in sched.timesteps:
-        t = (ts.float() / 1000.0).to(noise.device)
+    for i, ts in enumerate(sched.timesteps):
+        t = sched.sigmas[i].float().to(noise.device)  # exact sigma = t, not the rounded timestep
         v = velocity(x, _per_sample(t, x))
         x = sched.step(v, ts, x, return_dict=False)[0]
     return x

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype
 from torch import Tensor, nn
 
 from byg.backbones.base import Backbone, TextEmbeds
@@ -73,6 +73,8 @@ class Editor(nn.Module):
         )
         self.lora_config = config
         self.backbone = inject_adapter_in_model(config, backbone, adapter_name=ADAPTER)
+        # LoRA tensors stay float32 even on a bf16/fp16 base: AdamW on bf16 weights stalls
+        cast_adapter_dtype(self.backbone, ADAPTER, autocast_adapter_dtype=True)
         self.ema_decay = ema_decay
         self.ema_active = False  # True inside ``with editor.ema()`` (for tests and logging)
         names = [n for n, p in self.backbone.named_parameters() if "lora_" in n]

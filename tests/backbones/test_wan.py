@@ -449,14 +449,6 @@ def test_unipc_integrates_a_constant_velocity_exactly(shift):
     assert torch.allclose(out, x1 - v, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "byg.sampling.unipc_sample hands the model t = int(1000 sigma) / 1000 (diffusers' int64 "
-        "timesteps) instead of the scheduler's sigma, so a t-dependent velocity is evaluated "
-        "up to 1e-3 off its time; passing sched.sigmas[i] makes this exact (reported to the lead)"
-    ),
-)
 def test_unipc_recovers_a_point_mass_exactly():
     """The flow of a single data point ``x0`` is ``v = (x - x0) / t``: every sampler ends at ``x0``."""
     g = torch.Generator().manual_seed(0)
