@@ -56,7 +56,9 @@ def identity_only_config(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, name=cfg.name + "_identity_only", byg=byg)
 
 
-def ensure_base(out: Path, quick: bool, pretrain: bool) -> tuple[Path | None, dict]:
+def ensure_base(
+    out: Path, quick: bool, pretrain: bool, num_threads: int = 1
+) -> tuple[Path | None, dict]:
     """The shipped base unless asked to pretrain (or none is shipped)."""
     from byg.backbones.toy import SHIPPED_BASE
     from byg.pretrain import load_pretrain_config, pretrain_base
@@ -68,7 +70,7 @@ def ensure_base(out: Path, quick: bool, pretrain: bool) -> tuple[Path | None, di
     if (base_dir / "model.safetensors").exists():  # cached from an earlier demo run
         ev = base_dir / "eval.json"
         return base_dir, json.loads(ev.read_text()) if ev.exists() else {}
-    pcfg = load_pretrain_config(quick=quick)
+    pcfg = load_pretrain_config(quick=quick, overrides=[f"num_threads={num_threads}"])
     res = pretrain_base(pcfg, base_dir)
     return base_dir, res
 
@@ -178,7 +180,8 @@ def run_demo(
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    base_dir, base_eval = ensure_base(out, quick, pretrain)
+    threads = demo_config(quick, steps, None).train.num_threads or 1
+    base_dir, base_eval = ensure_base(out, quick, pretrain, threads)
     cfg = demo_config(quick, steps, base_dir)
     torch.set_num_threads(max(1, cfg.train.num_threads or torch.get_num_threads()))
     world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
