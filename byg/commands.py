@@ -14,7 +14,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from byg.run_config import load_run_config
     from byg.train import train
 
-    cfg = load_run_config(args.config, args.set)
+    overrides = list(args.set)
+    if args.lora_targets:
+        names = [n.strip() for n in args.lora_targets.split(",") if n.strip()]
+        overrides.append(f"lora.targets={names}")
+    if args.skip_bad_data:
+        overrides.append("data.skip_bad=true")
+    cfg = load_run_config(args.config, overrides)
     out = Path(args.out or f"runs/{cfg.name}")
     if cfg.data.path and not Path(cfg.data.path).exists():
         raise FileNotFoundError(f"data.path {cfg.data.path!r} does not exist")
@@ -76,6 +82,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (default runs/<name>)")
     p.add_argument("--resume", help="'latest', a run folder or a checkpoint folder")
     p.add_argument("--max-steps", type=int, help="stop after this many steps of this invocation")
+    p.add_argument(
+        "--lora-targets",
+        help="comma-separated module names for LoRA (default: the backbone's standard targets)",
+    )
+    p.add_argument(
+        "--skip-bad-data",
+        action="store_true",
+        help="skip (and count) unreadable images and malformed rows instead of stopping",
+    )
     _add_debug(p)
     p.set_defaults(func=cmd_train)
 
