@@ -43,7 +43,6 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -158,15 +157,6 @@ class IndexStream:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@dataclass
-class StepLog:
-    step: int
-    kind: str
-    terms: dict[str, float]
-    lr: float
-    seconds: float
 
 
 def make_objective(cfg: RunConfig):

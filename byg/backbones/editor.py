@@ -16,7 +16,6 @@ peft's naming and export to diffusers' LoRA format.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -201,9 +200,4 @@ class Editor(nn.Module):
         return sum(p.numel() for p in self.lora_parameters())
 
 
-def lora_target_regex(names: Sequence[str]) -> str:
-    """A regex matching module paths that end in any of ``names``."""
-    return r".*\.(" + "|".join(re.escape(n) for n in names) + r")$"
-
-
-__all__ = ["Editor", "requires_grad", "lora_target_regex", "ADAPTER"]
+__all__ = ["Editor", "requires_grad", "ADAPTER"]
