@@ -1,13 +1,19 @@
-"""The toy text-to-image backbone: a small pixel-space flow-matching DiT with a conv stem.
+"""The toy text-to-image backbone: a small pixel-space flow-matching U-Net/DiT hybrid.
 
 Layout (one line per step of ``forward``)::
 
-    x_t [B,3,H,W] --stem(t)--> s [B,C,H,W] --patch p--> tokens [B,N,D] + pos2d
-    cond [B,3,H,W] --stem(0)--> ... --patch p--> tokens [B,M,D] + pos2d + type_cond
+    x_t [B,3,H,W] --conv stem(t): stem_levels U-Net levels--> skips, s [B,C',H',W']
+    s --p x p patch conv--> noisy tokens [B,N,D] + pos2d
+    cond [B,3,H,W] --same stem at t=0, same patch conv--> cond tokens [B,N,D] + pos2d + type_cond
     text --word tokens--> text encoder --> [B,L,D] (+ masked mean pooled into the AdaLN vector)
     [noisy ; cond] tokens --depth x (AdaLN-zero self-attn, cross-attn to text, AdaLN-zero MLP)-->
-    noisy tokens only --final AdaLN + linear + unpatchify--> [B,C',H,W]
-    cat(., s) --conv head--> v [B,3,H,W]
+    noisy tokens only --final AdaLN + linear + unpatchify--> [B,C',H',W']
+    --up blocks with the noisy skips (coarse to fine)--> conv head --> v [B,3,H,W]
+
+The conv levels give the model translation equivariance (a shape is learned once, not once
+per position), which is what makes it learn the toy world in minutes on a CPU; the
+transformer in the middle binds words to the object vs the background (per-token
+cross-attention) and is where condition tokens meet the noisy ones.
 
 Editing-relevant choices (METHOD.md §2):
 
@@ -82,7 +88,10 @@ class ToyBackboneConfig:
         image_size: square input resolution ``H = W``.
         channels: image channels.
         stem_channels: width of the full-resolution conv stem and head.
-        stem_blocks: residual blocks in the stem.
+        stem_blocks: residual blocks per stem level.
+        stem_levels: resolution levels of the conv stem (U-Net style); level ``l`` has
+            ``stem_channels * 2**l`` channels at ``image_size / 2**l``, reached by a stride-2
+            conv, and is mirrored by an up block with a skip connection before the head.
         patch_size: stem features -> tokens with a ``p x p`` stride-``p`` conv.
         dim: transformer width (text encoder shares it).
         depth: transformer blocks.
@@ -99,6 +108,7 @@ class ToyBackboneConfig:
     channels: int = 3
     stem_channels: int = 32
     stem_blocks: int = 1
+    stem_levels: int = 1
     patch_size: int = 2
     dim: int = 128
     depth: int = 4
@@ -111,7 +121,15 @@ class ToyBackboneConfig:
     vocab: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "channels", "stem_channels", "patch_size", "dim", "depth"):
+        for name in (
+            "image_size",
+            "channels",
+            "stem_channels",
+            "stem_levels",
+            "patch_size",
+            "dim",
+            "depth",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("stem_blocks", "text_layers"):
@@ -119,9 +137,10 @@ class ToyBackboneConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.heads < 1 or self.dim % self.heads:
             raise ValueError(f"heads must divide dim: dim={self.dim}, heads={self.heads}")
-        if self.image_size % self.patch_size:
+        if self.image_size % (self.patch_size * 2 ** (self.stem_levels - 1)):
             raise ValueError(
-                f"patch_size={self.patch_size} must divide image_size={self.image_size}"
+                f"patch_size={self.patch_size} x 2**(stem_levels-1)="
+                f"{2 ** (self.stem_levels - 1)} must divide image_size={self.image_size}"
             )
         if self.stem_channels % 8:
             raise ValueError(f"stem_channels must be a multiple of 8, got {self.stem_channels}")
@@ -234,6 +253,22 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.emb(emb)[:, :, None, None]
         return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class UpBlock(nn.Module):
+    """Decoder level: merge the skip (1x1 conv), residual blocks, upsample x2, conv to ``c_out``."""
+
+    def __init__(self, ch: int, c_out: int, emb_dim: int, blocks: int) -> None:
+        super().__init__()
+        self.merge = nn.Conv2d(2 * ch, ch, 1)
+        self.blocks = nn.ModuleList(ResBlock(ch, emb_dim) for _ in range(blocks))
+        self.up_conv = nn.Conv2d(ch, c_out, 3, padding=1)
+
+    def forward(self, x: Tensor, skip: Tensor, emb: Tensor) -> Tensor:
+        h = self.merge(torch.cat([x, skip], 1))
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.up_conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
 
 
 class TextLayer(nn.Module):
@@ -353,7 +388,8 @@ class ToyBackbone(Backbone):
         self.config = cfg
         self.tokenizer = WordTokenizer(cfg.vocab or [], cfg.max_text_len)
         d, ch, p = cfg.dim, cfg.stem_channels, cfg.patch_size
-        self.grid = cfg.image_size // p
+        chs = [ch * 2**level for level in range(cfg.stem_levels)]
+        self.grid = cfg.image_size // (p * 2 ** (cfg.stem_levels - 1))
         self.t_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.text_encoder = TextEncoder(
             len(self.tokenizer), cfg.max_text_len, d, cfg.heads, cfg.text_layers
@@ -361,7 +397,14 @@ class ToyBackbone(Backbone):
         self.text_pool = nn.Linear(d, d)
         self.stem_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
         self.stem = nn.ModuleList(ResBlock(ch, d) for _ in range(cfg.stem_blocks))
-        self.patch = nn.Conv2d(ch, d, p, stride=p)
+        self.down = nn.ModuleList(
+            nn.Conv2d(chs[i - 1], chs[i], 3, stride=2, padding=1) for i in range(1, len(chs))
+        )
+        self.down_blocks = nn.ModuleList(
+            nn.ModuleList(ResBlock(chs[i], d) for _ in range(cfg.stem_blocks))
+            for i in range(1, len(chs))
+        )
+        self.patch = nn.Conv2d(chs[-1], d, p, stride=p)
         self.register_buffer("pos", sincos_2d(self.grid, d), persistent=False)  # (N, D)
         self.type_cond = nn.Parameter(torch.randn(d) * cfg.type_init_std)
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
@@ -369,7 +412,10 @@ class ToyBackbone(Backbone):
         self.final_adaLN = nn.Linear(d, 2 * d)
         nn.init.zeros_(self.final_adaLN.weight)
         nn.init.zeros_(self.final_adaLN.bias)
-        self.to_pixels = nn.Linear(d, p * p * ch)
+        self.to_pixels = nn.Linear(d, p * p * chs[-1])
+        self.up = nn.ModuleList(
+            UpBlock(chs[i], chs[i - 1], d, cfg.stem_blocks) for i in range(len(chs) - 1, 0, -1)
+        )
         self.head_norm = nn.GroupNorm(8, 2 * ch)
         self.head_conv = nn.Conv2d(2 * ch, ch, 3, padding=1)
         self.head_out = nn.Conv2d(ch, cfg.channels, 3, padding=1)
@@ -408,13 +454,19 @@ class ToyBackbone(Backbone):
         pooled = (feats * w).sum(1) / w.sum(1).clamp_min(1.0)
         return feats, mask, self.text_pool(pooled)
 
-    def _image_tokens(self, x: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
-        """Stem features ``[B, C, H, W]`` and positioned tokens ``[B, N, D]`` of one image."""
+    def _image_tokens(self, x: Tensor, emb: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Stem features per level (full resolution first) and positioned tokens ``[B, N, D]``."""
         s = self.stem_in(x)
         for block in self.stem:
             s = block(s, emb)
+        skips = [s]
+        for down, blocks in zip(self.down, self.down_blocks):
+            s = down(s)
+            for block in blocks:
+                s = block(s, emb)
+            skips.append(s)
         tok = self.patch(s).flatten(2).transpose(1, 2)  # (B, N, D)
-        return s, tok + self.pos
+        return skips, tok + self.pos
 
     def forward(
         self, x_t: Tensor, t: Tensor, text: TextEmbeds, cond: Tensor | None = None
@@ -431,7 +483,7 @@ class ToyBackbone(Backbone):
         b, n = x_t.shape[0], self.grid * self.grid
         feats, mask, pooled = self._text(text)
         c_x = self.t_embed(timestep_embedding(t, self.config.dim)) + pooled  # (B, D)
-        skip, h = self._image_tokens(x_t, c_x)
+        skips, h = self._image_tokens(x_t, c_x)
         c, groups = c_x[:, None], [n]  # (B, 1, D): one modulation for all noisy tokens
         if cond is not None:
             t_cond = torch.zeros_like(t) if self.config.cond_time == "clean" else t
@@ -444,9 +496,11 @@ class ToyBackbone(Backbone):
         h = h[:, :n]  # (B, N, D): noisy tokens only
         shift, scale = self.final_adaLN(F.silu(c_x))[:, None].chunk(2, -1)
         h = self.to_pixels(modulate(self.final_norm(h), shift, scale))  # (B, N, p*p*C)
-        p, g, ch = self.config.patch_size, self.grid, self.config.stem_channels
+        p, g, ch = self.config.patch_size, self.grid, skips[-1].shape[1]
         h = h.view(b, g, g, p, p, ch).permute(0, 5, 1, 3, 2, 4).reshape(b, ch, g * p, g * p)
-        h = self.head_conv(F.silu(self.head_norm(torch.cat([h, skip], 1))))
+        for up, skip in zip(self.up, skips[::-1]):  # coarsest level first
+            h = up(h, skip, c_x)
+        h = self.head_conv(F.silu(self.head_norm(torch.cat([h, skips[0]], 1))))
         return self.head_out(F.silu(h))
 
 
