@@ -237,7 +237,9 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks (speed of a ByG step)")
+    p = sub.add_parser(
+        "bench", help="benchmarks (quality of editors on the toy world, speed of a ByG step)"
+    )
     bs = p.add_subparsers(dest="bench", metavar="BENCH")
     s = bs.add_parser(
         "speed", help="seconds per ByG step vs a supervised step, per phase, with a cost model"
@@ -254,3 +256,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="use the shipped toy base instead of a fresh one",
     )
     s.set_defaults(func=cmd_speed)
+    from byg import bench_quality
+
+    bench_quality.register(bs)
