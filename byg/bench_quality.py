@@ -727,12 +727,16 @@ class QualityBench:
                 f"[quality] training {job.method} (seed {job.seed}, {cfg.train.steps} steps) "
                 f"in {run_dir}"
             )
-            res = train(cfg, run_dir, resume="latest", progress=self.progress)
+            from byg.checkpoint import list_checkpoints
+
+            resume = "latest" if list_checkpoints(run_dir) else None
+            res = train(cfg, run_dir, resume=resume, progress=self.progress)
             if res["interrupted"]:
                 raise KeyboardInterrupt
             rec["train_seconds"] = res["wall_seconds"]
             rec["steps"] = res["steps"]
-            rec["step_kinds"] = _count_kinds(run_dir / "log.jsonl")
+            rec["resumed"] = resume is not None
+            rec.update(_step_kinds(res["history"]))
             s = cfg.sample
             fn = editor_fn(
                 res["editor"], steps=s.steps, shift=s.shift, use_ema=s.use_ema, seed=job.seed
@@ -785,14 +789,14 @@ class QualityBench:
         return records
 
 
-def _count_kinds(log: Path) -> dict:
+def _step_kinds(history: list[dict]) -> dict:
+    """How many steps of each kind (identity / full / supervised) this invocation trained,
+    and the first full ByG step (the end of the warm-up); None when there was none."""
     counts: dict[str, int] = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            kind = json.loads(line).get("kind")
-            if kind:
-                counts[kind] = counts.get(kind, 0) + 1
-    return counts  # logged steps only (every train.log_every)
+    for row in history:
+        counts[row["kind"]] = counts.get(row["kind"], 0) + 1
+    first_full = next((row["step"] for row in history if row["kind"] == "full"), None)
+    return {"step_kinds": counts, "first_full_step": first_full}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -981,15 +985,27 @@ def write_markdown(res: dict, path: Path) -> None:
     lines += [
         "## Cost per (method, seed)",
         "",
-        "| method | seconds (mean over seeds) | of which training | of which evaluation |",
-        "|---|---|---|---|",
+        "| method | seconds (mean over seeds) | of which training | of which evaluation "
+        "| steps by kind (per seed) | first full ByG step (per seed) |",
+        "|---|---|---|---|---|---|",
     ]
     for m in order:
         seeds = list(methods[m]["seeds"].values())
         tot = statistics.fmean(r.get("wall_seconds", 0.0) for r in seeds)
         tr = statistics.fmean(r.get("train_seconds", 0.0) for r in seeds)
         ev = statistics.fmean(r.get("eval_seconds", 0.0) for r in seeds)
-        lines.append(f"| {m} | {tot:.0f} | {tr:.0f} | {ev:.0f} |")
+        kinds = "; ".join(
+            ", ".join(f"{k} {v}" for k, v in sorted(r["step_kinds"].items()))
+            for r in seeds
+            if r.get("step_kinds")
+        )
+        first = ", ".join(
+            str(r.get("first_full_step") or "none") for r in seeds if "step_kinds" in r
+        )
+        lines.append(
+            f"| {m} | {tot:.0f} | {tr:.0f} | {ev:.0f} | {kinds or '–'} | "
+            f"{first if m in TRAINED and not m.startswith('supervised') else '–'} |"
+        )
     lines += [
         "",
         "Files: `quality.json` (every number above, per seed), `quality.png` (edit success vs "
@@ -1007,31 +1023,38 @@ def plot_quality(res: dict, path: Path) -> None:
 
     methods = res["methods"]
     order = [m for m in METHODS if m in methods]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
-    cmap = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 5.8))
+    main_colours = plt.get_cmap("tab10")
+    abl_colours = plt.get_cmap("Dark2")
+    handles = {}
     for ax, split in zip(axes, ("overall", "unseen")):
         g = np.linspace(0.001, 1, 200)
         for level in (0.2, 0.4, 0.6, 0.8):  # iso-gm curves: success * preservation = level²
             y = level**2 / g
             ax.plot(g[y <= 1.05], y[y <= 1.05], color="0.85", lw=0.8, zorder=0)
             ax.text(level, level, f"gm {level}", color="0.6", fontsize=7)
-        for i, m in enumerate(order):
+        for m in order:
             s = methods[m]["summary"][split]
             x, y = s["edit_success"], s["preservation"]
             if math.isnan(x["mean"]):
                 continue
-            marker = "*" if m == "byg" else ("s" if m in ABLATIONS else "o")
-            ax.errorbar(
+            if m in ABLATIONS:
+                colour, marker = abl_colours(ABLATIONS.index(m) % 8), "s"
+            else:
+                k = [n for n in METHODS if n not in ABLATIONS].index(m)
+                colour, marker = main_colours(k % 10), "*" if m == "byg" else "o"
+            h = ax.errorbar(
                 x["mean"],
                 y["mean"],
                 xerr=[[x["mean"] - x["min"]], [x["max"] - x["mean"]]],
                 yerr=[[y["mean"] - y["min"]], [y["max"] - y["mean"]]],
                 fmt=marker,
-                ms=13 if m == "byg" else 7,
-                color=cmap(i % 20),
-                label=m,
+                ms=14 if m == "byg" else 7,
+                color=colour,
                 capsize=2,
+                zorder=3 if m == "byg" else 2,
             )
+            handles[m] = h
             ax.annotate(
                 m, (x["mean"], y["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
             )
@@ -1041,10 +1064,17 @@ def plot_quality(res: dict, path: Path) -> None:
         ax.set_ylabel("preservation")
         ax.set_title(f"{split} edits (bars: min-max over seeds)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower left", ncol=2)
+    fig.legend(
+        [handles[m] for m in order if m in handles],
+        [m for m in order if m in handles],
+        loc="center right",
+        fontsize=8,
+    )
+    title = "byg bench quality: one point per method (mean over seeds)"
     if res["quick"]:
-        fig.suptitle("QUICK SMOKE RUN: numbers mean nothing", color="red")
-    fig.tight_layout()
+        title += " - QUICK SMOKE RUN: numbers mean nothing"
+    fig.suptitle(title, color="red" if res["quick"] else "black")
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
