@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "byg.eval.commands",  # eval viescore / report / ...
     "byg.backbones.flux_commands",  # cache, export
     "byg.bench",  # bench quality / speed
+    "byg.demo_video",  # demo-video
 )
 
 

@@ -400,6 +400,10 @@ def _caption(scene, seed: int, epoch: int, index: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from byg.demo_video import is_video_config, run_pretrain_cli
+
+    if is_video_config(args.config):  # `kind: video` configs: the toy text-to-video base
+        return run_pretrain_cli(args)
     cfg = load_pretrain_config(args.config, args.set, quick=args.quick)
     res = pretrain_base(cfg, args.out)
     acc = res.get("accuracy", {})

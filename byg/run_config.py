@@ -11,7 +11,9 @@ from byg.objectives.byg import ByGConfig
 from byg.objectives.supervised import SupervisedConfig
 
 OBJECTIVES = ("byg", "supervised")
-DATA_SOURCES = ("toy", "folder", "cache")
+DATA_SOURCES = ("toy", "folder", "cache", "toy_video")
+#: sources rendered on the fly (no data.path)
+RENDERED_SOURCES = ("toy", "toy_video")
 
 
 @dataclass
@@ -39,6 +41,8 @@ class DataConfig:
     """Where tuples come from.
 
     ``toy``: rendered on the fly from the toy world (``toy`` holds ``ToyWorldConfig`` fields);
+    ``toy_video``: clips rendered on the fly from the toy video world (``toy`` holds
+    ``ToyVideoConfig`` fields besides ``resolution``);
     ``folder``: a metadata.jsonl image folder (``path``); ``cache``: latents and text
     embeddings written by ``byg cache`` (``path``).
     """
@@ -53,7 +57,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.source not in DATA_SOURCES:
             raise ValueError(f"source must be one of {list(DATA_SOURCES)}, got {self.source!r}")
-        if self.source != "toy" and not self.path:
+        if self.source not in RENDERED_SOURCES and not self.path:
             raise ValueError(f"data.path is required for source {self.source!r}")
 
 
@@ -138,6 +142,8 @@ def load_run_config(
 ) -> RunConfig:
     """YAML file (optional) + ``key=value`` overrides -> validated ``RunConfig``."""
     data = load_yaml(path) if path else {}
+    if data.get("kind") == "video" and "run" in data:  # configs/toy_video.yaml: its `run` section
+        data = dict(data["run"])
     apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data)
 

@@ -99,6 +99,11 @@ def build_dataset(cfg: RunConfig, split: str = "train", n: int | None = None):
 
         world = ToyWorldConfig(resolution=d.resolution, **d.toy)
         return ToyEditDataset(world, n or d.num_train, seed=cfg.train.seed, split=split)
+    if d.source == "toy_video":
+        from byg.data.toy_video import ToyVideoConfig, ToyVideoEditDataset
+
+        world = ToyVideoConfig(resolution=d.resolution, **d.toy)
+        return ToyVideoEditDataset(world, n or d.num_train, seed=cfg.train.seed, split=split)
     if d.source == "folder":
         from byg.data.tuples import EditFolderDataset
 

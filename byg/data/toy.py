@@ -370,13 +370,20 @@ def _grid(res: int, ss: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(u, u)  # px (columns), py (rows)
 
 
-def render(scene: Scene, cfg: ToyWorldConfig) -> np.ndarray:
-    """Draw ``scene`` at ``cfg.resolution``: uint8 ``[H, W, 3]``, deterministic and anti-aliased."""
+def render(scene: Scene, cfg: ToyWorldConfig, scale: float = 1.0) -> np.ndarray:
+    """Draw ``scene`` at ``cfg.resolution``: uint8 ``[H, W, 3]``, deterministic and anti-aliased.
+
+    ``scale`` multiplies the main object's extent (1 = its size category; the toy video
+    world grows and shrinks objects smoothly with it). Keep ``scale * SIZE_EXTENT[size]``
+    at most ``SIZE_EXTENT["large"]`` so that the object stays inside the frame.
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
     res, ss = cfg.resolution, SUPERSAMPLE
     px, py = _grid(res, ss)
     img = np.empty((res * ss, res * ss, 3), dtype=np.float64)
     img[:] = COLOURS[scene.background]
-    cx, cy, r = scene.x * res, scene.y * res, SIZE_EXTENT[scene.size] * res
+    cx, cy, r = scene.x * res, scene.y * res, SIZE_EXTENT[scene.size] * res * scale
     sdf = shape_sdf(scene.shape, px, py, cx, cy, r)
     period = TEXTURE_PERIOD * res
     marks = _pattern(scene.texture, px, py, round(cx), round(cy), period)
