@@ -146,6 +146,10 @@ def test_config_errors_name_the_field():
         load_run_config(None, ["byg.alpah=0.3"])
     with pytest.raises(ConfigError, match="train.steps: expected an integer"):
         load_run_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got 'fast'"):
+        load_run_config(None, ["optim.lr=fast"])
+    # YAML 1.1 reads 1e-3 (no dot) as a string; a float field still takes it
+    assert load_run_config(None, ["optim.lr=1e-3"]).optim.lr == pytest.approx(1e-3)
     with pytest.raises(ConfigError, match="objective must be one of"):
         load_run_config(None, ["objective=magic"])
     with pytest.raises(ConfigError, match="data.path is required"):
