@@ -112,11 +112,14 @@ class PretrainConfig:
     seed: int = 0
     num_threads: int = 2
     log_every: int = 25
+    save_every: int = 0  # also write the EMA weights every N steps (0: only at the end)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "num_threads", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_every < 0:
+            raise ValueError(f"save_every must be >= 0 (0 = off), got {self.save_every}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lr <= 0:
@@ -368,6 +371,12 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            snap = to_dict(cfg)
+            snap["model"] = dataclasses.asdict(ema.config)
+            save_toy_backbone(
+                ema, out, extra={"pretrain": snap, "seed": cfg.seed, "step": step + 1}
+            )
     log.close()
     train_seconds = time.time() - t_train
     resolved = to_dict(cfg)

@@ -101,6 +101,11 @@ class ToyBackboneConfig:
         max_text_len: tokens per prompt including ``<bos>``; longer prompts raise.
         cond_time: ``"clean"`` (condition tokens at ``t = 0``) or ``"shared"`` (same ``t``).
         type_init_std: std of the fixed random init of the condition type embedding.
+        pos_embed: ``"sincos"`` (fixed 2D sin-cos added to the tokens) or ``"rope"`` (2D
+            axial rotary embedding on self-attention queries and keys, as FLUX and Wan).
+            With RoPE a condition token at the same position as a noisy token sits at
+            relative offset 0 from it, like the token itself: the copy path is an attention
+            pattern the base already uses, which LoRA learns in a few hundred steps.
         vocab: tokenizer words (without specials); ``None`` = the toy world's vocabulary.
     """
 
@@ -118,6 +123,7 @@ class ToyBackboneConfig:
     max_text_len: int = 32
     cond_time: Literal["clean", "shared"] = "clean"
     type_init_std: float = 0.5
+    pos_embed: Literal["sincos", "rope"] = "sincos"
     vocab: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -150,6 +156,12 @@ class ToyBackboneConfig:
             raise ValueError(f"max_text_len must be >= 2, got {self.max_text_len}")
         if self.cond_time not in ("clean", "shared"):
             raise ValueError(f"cond_time must be 'clean' or 'shared', got {self.cond_time!r}")
+        if self.pos_embed not in ("sincos", "rope"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'rope', got {self.pos_embed!r}")
+        if self.pos_embed == "rope" and (self.dim // self.heads) % 4:
+            raise ValueError(
+                f"pos_embed='rope' needs dim/heads divisible by 4, got {self.dim}/{self.heads}"
+            )
         if self.type_init_std < 0:
             raise ValueError(f"type_init_std must be >= 0, got {self.type_init_std}")
         if self.vocab is not None:
@@ -222,6 +234,38 @@ def sincos_2d(grid: int, dim: int) -> Tensor:
         ang = pos[:, None] * omega[None, :]
         out += [ang.sin(), ang.cos()]
     return torch.cat(out, 1).float()
+
+
+def rope_2d(grid: int, head_dim: int, theta: float = 100.0) -> tuple[Tensor, Tensor]:
+    """Axial 2D rotary tables ``(cos, sin)``, each ``[grid * grid, head_dim]`` (row-major).
+
+    The first half of each head's channels rotates with the row index, the second half with
+    the column index (rotate-half pairing within each half).
+    """
+    quarter = head_dim // 4
+    freqs = 1.0 / theta ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64),
+        torch.arange(grid, dtype=torch.float64),
+        indexing="ij",
+    )
+    halves = []
+    for pos in (ys.flatten(), xs.flatten()):
+        ang = pos[:, None] * freqs[None, :]  # (N, quarter)
+        halves.append(torch.cat([ang, ang], 1))  # (N, head_dim / 2)
+    ang = torch.cat(halves, 1)
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [B, heads, N, dh]`` by tables ``[N, dh]`` (rotate-half within each half)."""
+    h = x.shape[-1] // 2
+    parts = []
+    for lo in (0, h):
+        a, b = x[..., lo : lo + h // 2], x[..., lo + h // 2 : lo + h]
+        parts.append(torch.cat([-b, a], -1))
+    rotated = torch.cat(parts, -1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -340,7 +384,13 @@ class DiTBlock(nn.Module):
         return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)  # (B, h, n, dh)
 
     def forward(
-        self, x: Tensor, c: Tensor, groups: list[int], text: Tensor, text_mask: Tensor
+        self,
+        x: Tensor,
+        c: Tensor,
+        groups: list[int],
+        text: Tensor,
+        text_mask: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         b, n, d = x.shape
         mod = self.adaLN(F.silu(c))  # (B, G, 6D)
@@ -348,7 +398,10 @@ class DiTBlock(nn.Module):
             mod = torch.repeat_interleave(mod, torch.tensor(groups, device=x.device), dim=1)
         sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, -1)  # each (B, 1 or T, D)
         q, k, v = self.qkv(modulate(self.norm1(x), sh1, sc1)).view(b, n, 3, d).unbind(2)
-        a = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        q, k = self._heads(q), self._heads(k)
+        if rope is not None:  # rotary tables [n, dh], one row per token (condition included)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        a = F.scaled_dot_product_attention(q, k, self._heads(v))
         x = x + g1 * self.attn_out(a.transpose(1, 2).reshape(b, n, d))
         kt, vt = self.cross_kv(text).chunk(2, -1)
         q = self._heads(self.cross_q(self.norm2(x)))
@@ -406,6 +459,9 @@ class ToyBackbone(Backbone):
         )
         self.patch = nn.Conv2d(chs[-1], d, p, stride=p)
         self.register_buffer("pos", sincos_2d(self.grid, d), persistent=False)  # (N, D)
+        rope_cos, rope_sin = rope_2d(self.grid, d // cfg.heads)
+        self.register_buffer("rope_cos", rope_cos, persistent=False)  # (N, dh)
+        self.register_buffer("rope_sin", rope_sin, persistent=False)
         self.type_cond = nn.Parameter(torch.randn(d) * cfg.type_init_std)
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
@@ -466,7 +522,7 @@ class ToyBackbone(Backbone):
                 s = block(s, emb)
             skips.append(s)
         tok = self.patch(s).flatten(2).transpose(1, 2)  # (B, N, D)
-        return skips, tok + self.pos
+        return skips, tok if self.config.pos_embed == "rope" else tok + self.pos
 
     def forward(
         self, x_t: Tensor, t: Tensor, text: TextEmbeds, cond: Tensor | None = None
@@ -485,14 +541,17 @@ class ToyBackbone(Backbone):
         c_x = self.t_embed(timestep_embedding(t, self.config.dim)) + pooled  # (B, D)
         skips, h = self._image_tokens(x_t, c_x)
         c, groups = c_x[:, None], [n]  # (B, 1, D): one modulation for all noisy tokens
+        rope = (self.rope_cos, self.rope_sin) if self.config.pos_embed == "rope" else None
         if cond is not None:
             t_cond = torch.zeros_like(t) if self.config.cond_time == "clean" else t
             c_y = self.t_embed(timestep_embedding(t_cond, self.config.dim)) + pooled
             _, h_cond = self._image_tokens(cond, c_y)
             h = torch.cat([h, h_cond + self.type_cond], 1)  # (B, N + M, D)
             c, groups = torch.stack([c_x, c_y], 1), [n, h_cond.shape[1]]  # (B, 2, D)
+            if rope is not None:  # the condition tokens get the SAME rotary rows
+                rope = (torch.cat([rope[0], rope[0]]), torch.cat([rope[1], rope[1]]))
         for block in self.blocks:
-            h = block(h, c, groups, feats, mask)
+            h = block(h, c, groups, feats, mask, rope)
         h = h[:, :n]  # (B, N, D): noisy tokens only
         shift, scale = self.final_adaLN(F.silu(c_x))[:, None].chunk(2, -1)
         h = self.to_pixels(modulate(self.final_norm(h), shift, scale))  # (B, N, p*p*C)

@@ -12,7 +12,9 @@ from byg.backbones.registry import build_backbone
 from byg.backbones.toy import (
     ToyBackbone,
     ToyBackboneConfig,
+    apply_rope,
     load_toy_backbone,
+    rope_2d,
     save_toy_backbone,
     split_words,
 )
@@ -103,6 +105,53 @@ def test_cond_tokens_share_positional_encoding_with_noisy_tokens():
     torch.testing.assert_close(h[:, n:] - model.type_cond, h[:, :n], rtol=1e-5, atol=1e-5)
     # and the code is really positional: every token position gets a distinct code
     assert torch.unique(model.pos, dim=0).shape[0] == n
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    """<R_i q, R_j k> is a function of (row_i - row_j, col_i - col_j): same offset, same score."""
+    grid, dh = 4, 8
+    cos, sin = rope_2d(grid, dh)
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(dh, generator=gen), torch.randn(dh, generator=gen)
+    qs = apply_rope(q.expand(1, 1, grid * grid, dh), cos, sin)[0, 0]
+    ks = apply_rope(k.expand(1, 1, grid * grid, dh), cos, sin)[0, 0]
+
+    def idx(r: int, c: int) -> int:
+        return r * grid + c
+
+    same = [qs[idx(0, 0)] @ ks[idx(1, 2)], qs[idx(2, 1)] @ ks[idx(3, 3)]]  # offset (1, 2)
+    torch.testing.assert_close(same[0], same[1])
+    other = qs[idx(0, 0)] @ ks[idx(2, 1)]  # offset (2, 1) differs
+    assert not torch.isclose(same[0], other)
+    # a rotation: norms are kept
+    torch.testing.assert_close(qs.norm(dim=-1), q.norm().expand(grid * grid))
+
+
+def test_rope_condition_tokens_get_the_same_rotary_rows():
+    """pos_embed='rope': no additive code; the condition tokens carry the noisy tokens' rotary
+    rows, so condition token i sits at relative offset 0 from noisy token i."""
+    model = _tiny(pos_embed="rope")
+    x, t, text, cond = _inputs(model)
+    seen = {}
+    hook = model.blocks[0].register_forward_pre_hook(
+        lambda m, args: seen.update(h=args[0], rope=args[5])
+    )
+    with torch.no_grad():
+        model(x, torch.zeros_like(t), text, x.clone())
+    hook.remove()
+    n = model.grid**2
+    cos, sin = seen["rope"]
+    assert cos.shape == (2 * n, model.config.dim // model.config.heads)
+    torch.testing.assert_close(cos[n:], cos[:n])
+    torch.testing.assert_close(sin[n:], sin[:n])
+    assert torch.unique(cos[:n], dim=0).shape[0] == n  # distinct per position
+    h = seen["h"]  # tokens enter without an additive code: cond = noisy + type only
+    torch.testing.assert_close(h[:, n:] - model.type_cond, h[:, :n], rtol=1e-5, atol=1e-5)
+    # the condition reaches the output
+    with torch.no_grad():
+        a = model(x, t, text, cond)
+        b = model(x, t, text, None)
+    assert not torch.allclose(a, b)
 
 
 def test_cond_time_clean_uses_t0_for_condition():
