@@ -518,6 +518,11 @@ def write_video_report(out: Path, results: dict[str, Any]) -> None:
         f"evaluation {results['eval_seconds']:.0f} s). Clips: {results['frames']} frames of "
         f"{results['resolution']}x{results['resolution']}.",
         "",
+        f"Identity warm-up: {results['warmup']['steps']} steps; over its last 20 steps the "
+        f"identity loss was {_fmt(results['warmup']['loss_id_last20'])} against the base's own "
+        f"denoising loss {_fmt(results['warmup']['loss_base_last20'])} at the same (x_src, t, ε) "
+        "(a working copy path brings the first well below the second).",
+        "",
         "## The text-to-video base: caption following (oracle, per frame)",
         "",
         "| " + " | ".join([*acc, "mean", "motion direction"]) + " |",
@@ -649,6 +654,15 @@ def run_video_demo(
                     parts.append(outputs[col][split][:k])
             cols.append(torch.cat(parts))
         write_video(out / "samples.gif", _grid_video(cols), fps=4.0)
+    warm = [h for h in res["history"] if "loss_base_uncond" in h]
+    tail = warm[-20:]
+    results["warmup"] = {
+        "steps": len(warm),
+        "loss_id_last20": float(np.mean([h["loss_id"] for h in tail])) if tail else float("nan"),
+        "loss_base_last20": float(np.mean([h["loss_base_uncond"] for h in tail]))
+        if tail
+        else float("nan"),
+    }
     results.update(
         base=base_eval,
         base_reused=base_reused,
