@@ -101,6 +101,11 @@ class ToyBackboneConfig:
         max_text_len: tokens per prompt including ``<bos>``; longer prompts raise.
         cond_time: ``"clean"`` (condition tokens at ``t = 0``) or ``"shared"`` (same ``t``).
         type_init_std: std of the fixed random init of the condition type embedding.
+        skips: U-Net skip connections from the noisy input's conv levels into the decoder.
+            With ``False`` every detail of the output passes through the transformer tokens,
+            as in a latent DiT (FLUX, Wan), so the condition tokens can carry the source to
+            the output as fully as the noisy tokens carry ``x_t``; with skips the fine
+            detail comes from the noisy input only and an editor has to relearn the decoder.
         pos_embed: ``"sincos"`` (fixed 2D sin-cos added to the tokens) or ``"rope"`` (2D
             axial rotary embedding on self-attention queries and keys, as FLUX and Wan).
             With RoPE a condition token at the same position as a noisy token sits at
@@ -124,6 +129,7 @@ class ToyBackboneConfig:
     cond_time: Literal["clean", "shared"] = "clean"
     type_init_std: float = 0.5
     pos_embed: Literal["sincos", "rope"] = "sincos"
+    skips: bool = True
     vocab: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -302,14 +308,14 @@ class ResBlock(nn.Module):
 class UpBlock(nn.Module):
     """Decoder level: merge the skip (1x1 conv), residual blocks, upsample x2, conv to ``c_out``."""
 
-    def __init__(self, ch: int, c_out: int, emb_dim: int, blocks: int) -> None:
+    def __init__(self, ch: int, c_out: int, emb_dim: int, blocks: int, skip: bool = True) -> None:
         super().__init__()
-        self.merge = nn.Conv2d(2 * ch, ch, 1)
+        self.merge = nn.Conv2d(2 * ch, ch, 1) if skip else nn.Identity()
         self.blocks = nn.ModuleList(ResBlock(ch, emb_dim) for _ in range(blocks))
         self.up_conv = nn.Conv2d(ch, c_out, 3, padding=1)
 
-    def forward(self, x: Tensor, skip: Tensor, emb: Tensor) -> Tensor:
-        h = self.merge(torch.cat([x, skip], 1))
+    def forward(self, x: Tensor, skip: Tensor | None, emb: Tensor) -> Tensor:
+        h = self.merge(x if skip is None else torch.cat([x, skip], 1))
         for block in self.blocks:
             h = block(h, emb)
         return self.up_conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
@@ -470,10 +476,12 @@ class ToyBackbone(Backbone):
         nn.init.zeros_(self.final_adaLN.bias)
         self.to_pixels = nn.Linear(d, p * p * chs[-1])
         self.up = nn.ModuleList(
-            UpBlock(chs[i], chs[i - 1], d, cfg.stem_blocks) for i in range(len(chs) - 1, 0, -1)
+            UpBlock(chs[i], chs[i - 1], d, cfg.stem_blocks, cfg.skips)
+            for i in range(len(chs) - 1, 0, -1)
         )
-        self.head_norm = nn.GroupNorm(8, 2 * ch)
-        self.head_conv = nn.Conv2d(2 * ch, ch, 3, padding=1)
+        head_in = 2 * ch if cfg.skips else ch
+        self.head_norm = nn.GroupNorm(8, head_in)
+        self.head_conv = nn.Conv2d(head_in, ch, 3, padding=1)
         self.head_out = nn.Conv2d(ch, cfg.channels, 3, padding=1)
         nn.init.zeros_(self.head_out.weight)
         nn.init.zeros_(self.head_out.bias)
@@ -558,8 +566,9 @@ class ToyBackbone(Backbone):
         p, g, ch = self.config.patch_size, self.grid, skips[-1].shape[1]
         h = h.view(b, g, g, p, p, ch).permute(0, 5, 1, 3, 2, 4).reshape(b, ch, g * p, g * p)
         for up, skip in zip(self.up, skips[::-1]):  # coarsest level first
-            h = up(h, skip, c_x)
-        h = self.head_conv(F.silu(self.head_norm(torch.cat([h, skips[0]], 1))))
+            h = up(h, skip if self.config.skips else None, c_x)
+        h = torch.cat([h, skips[0]], 1) if self.config.skips else h
+        h = self.head_conv(F.silu(self.head_norm(h)))
         return self.head_out(F.silu(h))
 
 
