@@ -492,6 +492,11 @@ def flowedit_fn(editor, settings: FlowEditSettings, seed: int = 0):
     return fn
 
 
+def ground_truth_fn(x_src: Tensor, items: list[dict]) -> Tensor:
+    """The reference "editor": the ground-truth target clips (never seen by ByG training)."""
+    return torch.stack([it["x_tgt"] for it in items]).to(x_src)
+
+
 def _grid_video(columns: list[Tensor], scale: int = 4) -> Tensor:
     """Clips ``[n, 3, F, H, W]`` per column -> one ``[3, F, n*(H+2)*scale, cols*(W+2)*scale]``
     video (white 1-pixel borders, nearest upscaling)."""
@@ -618,6 +623,7 @@ def run_video_demo(
         for s in ("seen", "unseen")
     }
     methods = {
+        "ground_truth": ground_truth_fn,  # the metrics' ceiling (the oracle is not perfect)
         "identity": identity_fn,
         "flowedit": flowedit_fn(editor, demo.flowedit),
         "byg": editor_fn(editor, steps=demo.sample_steps, shift=cfg.sample.shift),

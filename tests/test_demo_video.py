@@ -155,7 +155,7 @@ def test_tiny_demo_video_writes_report_results_and_gif(tmp_path):
     ):
         assert (out / name).exists(), name
     saved = json.loads((out / "results.json").read_text())
-    assert saved["methods"] == ["identity", "flowedit", "byg"]
+    assert saved["methods"] == ["ground_truth", "identity", "flowedit", "byg"]
     for m in saved["methods"]:
         for split in ("seen", "unseen"):
             r = saved[m][split]["overall"]
