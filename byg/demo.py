@@ -85,6 +85,8 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
         f"Wall time {results['wall_seconds']:.0f} s. Base caption accuracy (oracle, mean over "
         f"attributes; nan = not measured for this base): {results['base_oracle_accuracy']:.3f}. ByG steps: {results['steps']}.",
         "",
+        _warmup_line(results),
+        "",
         "## Held-out edits",
         "",
         "| method | split | edit success | preservation | PSNR to GT (dB) | n |",
@@ -125,6 +127,20 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
         "Files: `results.json`, `samples.png` (rows: source | ByG | identity-only | ground truth), `curves.png`.",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _warmup_line(results: dict[str, Any]) -> str:
+    end = results.get("warmup_end_step")
+    lid, lb = results.get("warmup_last_loss_id"), results.get("warmup_last_loss_base")
+    copy = (
+        f" Last warm-up step: identity loss {lid:.4f} vs the base's own denoising loss "
+        f"{lb:.4f} (ratio {lid / lb:.2f}; below 1 = the editor uses the source)."
+        if lid is not None and lb
+        else ""
+    )
+    if end is None:
+        return "The identity-only warm-up never ended: no ByG step ran." + copy
+    return f"Identity-only warm-up ended by step {end} (first logged ByG step)." + copy
 
 
 def plot_curves(out: Path, history: list[dict], curve: list[dict]) -> None:
@@ -225,6 +241,14 @@ def run_demo(
     results["base_oracle_accuracy"] = float(sum(accs) / len(accs)) if accs else float("nan")
     results["base_oracle_accuracy_per_attribute"] = acc if isinstance(acc, dict) else {}
     results["curve"] = curve
+    results["warmup_end_step"] = next(
+        (h["step"] for h in res["history"] if h.get("kind") == "full"), None
+    )
+    id_rows = [h for h in res["history"] if "loss_base_uncond" in h]
+    if id_rows:  # the copy path at the end of the warm-up: L_id vs the base's own loss
+        last = id_rows[-1]
+        results["warmup_last_loss_id"] = last["loss_id"]
+        results["warmup_last_loss_base"] = last["loss_base_uncond"]
     results["steps"] = cfg.train.steps
     results["quick"] = quick
     results["wall_seconds"] = time.time() - t0
