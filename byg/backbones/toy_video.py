@@ -9,7 +9,7 @@ Layout (one line per step of ``forward``; ``F`` frames, ``pt x p x p`` space-tim
     text --word tokens--> text encoder --> [B,L,D] (+ masked mean pooled into the AdaLN vector)
     [noisy ; cond] --depth x DiT block (self-attn over ALL space-time tokens, cross-attn, MLP)-->
     noisy tokens --final AdaLN + linear + unpatchify--> [B,C',F,H',W'] --frames into the batch-->
-      up blocks with the noisy skips --> conv head --> v [B,3,F,H,W]
+      up blocks (+ the noisy skips when ``skips``) --> conv head --> v [B,3,F,H,W]
 
 ``N = (F / pt) * (H' / p) * (W' / p)``. The conv stem and head are per frame (they see no
 time); every temporal interaction happens in the transformer, whose attention spans all
@@ -67,6 +67,12 @@ class ToyVideoBackboneConfig:
         image_size: square frame side ``H = W``.
         temporal_patch: frames per token (``pt``).
         patch_size: spatial token side on the stem's coarsest level (``p``).
+        skips: U-Net skip connections from the noisy input's conv levels into the decoder
+            (default, as the image toy backbone). ``False`` decodes every detail of the
+            output from the transformer tokens, as a latent DiT does (Wan), so condition
+            tokens could carry the source clip to the output as fully as the noisy tokens
+            carry ``x_t``; within this CPU budget neither setting let LoRA learn to copy the
+            source (measurements in docs/video_toy.md).
         The rest as in ``byg.backbones.toy.ToyBackboneConfig``.
     """
 
@@ -86,6 +92,7 @@ class ToyVideoBackboneConfig:
     max_text_len: int = 40
     cond_time: Literal["clean", "shared"] = "clean"
     type_init_std: float = 0.5
+    skips: bool = True
     vocab: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -207,10 +214,12 @@ class ToyVideoBackbone(Backbone):
         nn.init.zeros_(self.final_adaLN.bias)
         self.to_pixels = nn.Linear(d, pt * p * p * chs[-1])
         self.up = nn.ModuleList(
-            UpBlock(chs[i], chs[i - 1], d, cfg.stem_blocks) for i in range(len(chs) - 1, 0, -1)
+            UpBlock(chs[i], chs[i - 1], d, cfg.stem_blocks, cfg.skips)
+            for i in range(len(chs) - 1, 0, -1)
         )
-        self.head_norm = nn.GroupNorm(8, 2 * ch)
-        self.head_conv = nn.Conv2d(2 * ch, ch, 3, padding=1)
+        head_in = 2 * ch if cfg.skips else ch
+        self.head_norm = nn.GroupNorm(8, head_in)
+        self.head_conv = nn.Conv2d(head_in, ch, 3, padding=1)
         self.head_out = nn.Conv2d(ch, cfg.channels, 3, padding=1)
         nn.init.zeros_(self.head_out.weight)
         nn.init.zeros_(self.head_out.bias)
@@ -304,8 +313,9 @@ class ToyVideoBackbone(Backbone):
         h = h.permute(0, 1, 4, 7, 2, 5, 3, 6).reshape(b * cfg.frames, ch, g * p, g * p)
         e = self._frames_emb(c_x)
         for up, skip in zip(self.up, skips[::-1]):
-            h = up(h, skip, e)
-        h = self.head_conv(F.silu(self.head_norm(torch.cat([h, skips[0]], 1))))
+            h = up(h, skip if cfg.skips else None, e)
+        h = torch.cat([h, skips[0]], 1) if cfg.skips else h
+        h = self.head_conv(F.silu(self.head_norm(h)))
         v = self.head_out(F.silu(h))  # (B*F, 3, H, W)
         return v.view(b, cfg.frames, cfg.channels, cfg.image_size, cfg.image_size).transpose(1, 2)
 

@@ -33,8 +33,10 @@ def _inputs(m: ToyVideoBackbone, b: int = 2):
     return x, cond, torch.rand(b, generator=g), text
 
 
-def test_shapes_with_and_without_condition():
-    m = _model()
+@pytest.mark.parametrize("skips", [True, False])
+def test_shapes_with_and_without_condition(skips):
+    m = _model(skips=skips)
+    assert (m.head_conv.in_channels == 16) == skips  # the noisy stem features join the head
     x, cond, t, text = _inputs(m)
     with torch.no_grad():
         assert m(x, t, text).shape == x.shape
