@@ -61,6 +61,10 @@ class ByGConfig:
     prior_reverse: bool = True
     direction_reference: str = "base"  # "base" (u_src) or "editor" (option C)
     identity_in_full_steps: bool = True
+    # "mean": ‖·‖² is the per-element mean; "sum": the squared norm over all D latent
+    # elements (METHOD.md §4 literally). The directional term's gradient is O(1/‖v − ref‖)
+    # whatever D is, so with "mean" it outweighs cycle and identity by about D.
+    mse_reduction: str = "mean"
     # schedule of identity-only steps
     warmup_steps: int = 200
     warmup_ratio: float | None = 0.5  # None: the warm-up is a step count only
@@ -83,6 +87,8 @@ class ByGConfig:
             raise ValueError(f"rollout_clean_steps must be >= 1, got {self.rollout_clean_steps}")
         if not 0.0 <= self.p_id <= 1.0:
             raise ValueError(f"p_id must be in [0, 1], got {self.p_id}")
+        if self.mse_reduction not in ("mean", "sum"):
+            raise ValueError(f"mse_reduction must be 'mean' or 'sum', got {self.mse_reduction!r}")
         if self.direction_reference not in ("base", "editor"):
             raise ValueError(
                 f"direction_reference must be 'base' or 'editor', got {self.direction_reference!r}"
@@ -195,14 +201,18 @@ class ByGObjective:
         with timer("identity"):
             v_id = model(s_t, t, batch.text["rev"], x_src)
             l_id = losses.mse(v_id, target).mean()
-        terms = {"loss_id": l_id.item()}
+        terms = {"loss_id": l_id.item()}  # logged as the per-element mean in both readings
         if not self.warmup_done:
             with timer("base_queries"), torch.no_grad(), editor.base():
                 l_base = losses.mse(editor(s_t, t, batch.text["src"], None), target).mean()
             terms["loss_base_uncond"] = l_base.item()
             self._update_warmup(step, terms["loss_id"], terms["loss_base_uncond"])
             terms["warmup"] = 0.0 if self.warmup_done else 1.0
-        return LossOutput(loss=l_id, terms=terms, kind="identity")
+        return LossOutput(loss=l_id * self.sq_scale(x_src), terms=terms, kind="identity")
+
+    def sq_scale(self, x: Tensor) -> float:
+        """Factor turning a per-element mean into ``‖·‖²`` (1 under ``mse_reduction='mean'``)."""
+        return float(x[0].numel()) if self.cfg.mse_reduction == "sum" else 1.0
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
@@ -292,6 +302,7 @@ class ByGObjective:
             alpha=cfg.eff_alpha,
             use_directional=not cfg.no_directional,
             reference=ref_f,
+            mse_scale=self.sq_scale(x_src),
         )
 
         # 5. cycle with gradient routing
@@ -311,6 +322,7 @@ class ByGObjective:
                     alpha=cfg.eff_alpha,
                     use_directional=not cfg.no_directional,
                     reference=ref_r,
+                    mse_scale=self.sq_scale(x_src),
                 )
             else:
                 prior_r = dir_r = mse_r = torch.zeros_like(l_cyc)
@@ -320,7 +332,10 @@ class ByGObjective:
         w_id = cfg.lambda_id if cfg.identity_in_full_steps else 0.0
 
         # 7. total: per-sample, then batch mean
-        total = cfg.lambda_prior * (prior_f + prior_r) + cfg.eff_lambda_cyc * l_cyc + w_id * l_id
+        k = self.sq_scale(x_src)
+        total = cfg.lambda_prior * (prior_f + prior_r) + k * (
+            cfg.eff_lambda_cyc * l_cyc + w_id * l_id
+        )
         loss = total.mean()
         terms = {
             "loss": loss.item(),

@@ -44,8 +44,12 @@ def prior(
     alpha: float,
     use_directional: bool = True,
     reference: Tensor | None = None,
+    mse_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Prior loss ``L_dir + α L_mse`` (METHOD.md §4.4).
+
+    ``mse_scale`` multiplies the anchor inside ``total`` (``D`` turns the per-element mean
+    into the squared norm ``‖v − u_tgt‖²``); the returned ``l_mse`` stays the mean.
 
     Returns ``(total, l_dir, l_mse)``, each ``[B]``. With ``use_directional=False`` the
     directional term is dropped (``total = α L_mse``: the ``no_directional`` ablation).
@@ -53,7 +57,7 @@ def prior(
     l_mse = mse(v, u_tgt)
     ref = u_src if reference is None else reference
     l_dir = directional(v, ref, u_tgt - u_src)
-    total = (l_dir if use_directional else torch.zeros_like(l_dir)) + alpha * l_mse
+    total = (l_dir if use_directional else torch.zeros_like(l_dir)) + alpha * mse_scale * l_mse
     return total, l_dir, l_mse
 
 

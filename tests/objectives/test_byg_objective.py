@@ -326,3 +326,30 @@ def test_supervised_objective(tiny_backbone):
         SupervisedObjective(SupervisedConfig())(
             editor, EditBatch(batch.x_src, batch.text), 0, torch.Generator(), random.Random(0)
         )
+
+
+def test_mse_reduction_sum_weighs_squared_norms_by_the_latent_size(tiny_backbone):
+    """'sum' reads ‖·‖² as the squared norm: every MSE-type term is D times its mean, the
+    directional terms are untouched, and the logged terms stay per-element means."""
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor)
+    d = batch.x_src[0].numel()
+    w = dict(alpha=0.1, lambda_prior=1.0, lambda_cyc=1.0, lambda_id=0.2)
+    mean = _full_terms(editor, batch, **w)
+    summed = _full_terms(editor, batch, mse_reduction="sum", **w)
+    for key in ("dir_fwd", "mse_fwd", "dir_rev", "mse_rev", "loss_cyc", "loss_id"):
+        assert summed[key] == pytest.approx(mean[key], rel=1e-5), key
+
+    def total(t: dict, k: float) -> float:
+        prior = t["dir_fwd"] + t["dir_rev"] + w["alpha"] * k * (t["mse_fwd"] + t["mse_rev"])
+        return w["lambda_prior"] * prior + k * (
+            w["lambda_cyc"] * t["loss_cyc"] + w["lambda_id"] * t["loss_id"]
+        )
+
+    assert mean["loss"] == pytest.approx(total(mean, 1.0), rel=1e-4)
+    assert summed["loss"] == pytest.approx(total(summed, float(d)), rel=1e-4)
+    obj = ByGObjective(ByGConfig(mse_reduction="sum", warmup_steps=0))
+    out = obj.identity_step(editor, batch, 0, torch.Generator().manual_seed(0))
+    assert out.loss.item() == pytest.approx(d * out.terms["loss_id"], rel=1e-5)
+    with pytest.raises(ValueError, match="mse_reduction"):
+        ByGConfig(mse_reduction="median")
