@@ -73,6 +73,10 @@ class ToyVideoBackboneConfig:
             tokens could carry the source clip to the output as fully as the noisy tokens
             carry ``x_t``; within this CPU budget neither setting let LoRA learn to copy the
             source (measurements in docs/video_toy.md).
+        pos_embed: ``"sincos"`` (a fixed 3D sin-cos code added to the tokens) or ``"rope"``
+            (3D axial rotary embedding on self-attention queries and keys, as Wan). Either
+            way the condition tokens get exactly the noisy tokens' codes; with RoPE a
+            condition token sits at relative offset 0 from the noisy token at its position.
         The rest as in ``byg.backbones.toy.ToyBackboneConfig``.
     """
 
@@ -93,6 +97,7 @@ class ToyVideoBackboneConfig:
     cond_time: Literal["clean", "shared"] = "clean"
     type_init_std: float = 0.5
     skips: bool = True
+    pos_embed: Literal["sincos", "rope"] = "sincos"
     vocab: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -127,6 +132,12 @@ class ToyVideoBackboneConfig:
             raise ValueError(f"dim must be a multiple of 6 (3D sin-cos), got {self.dim}")
         if self.stem_channels % 8:
             raise ValueError(f"stem_channels must be a multiple of 8, got {self.stem_channels}")
+        if self.pos_embed not in ("sincos", "rope"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'rope', got {self.pos_embed!r}")
+        if self.pos_embed == "rope" and (self.dim // self.heads) % 4:
+            raise ValueError(
+                f"pos_embed='rope' needs dim/heads divisible by 4, got {self.dim}/{self.heads}"
+            )
         if self.max_text_len < 2:
             raise ValueError(f"max_text_len must be >= 2, got {self.max_text_len}")
         if self.cond_time not in ("clean", "shared"):
@@ -159,6 +170,31 @@ def sincos_3d(frames: int, grid: int, dim: int) -> Tensor:
         ang = pos[:, None] * omega[None, :]
         out += [ang.sin(), ang.cos()]
     return torch.cat(out, 1).float()
+
+
+def rope_3d(frames: int, grid: int, head_dim: int, theta: float = 100.0) -> tuple[Tensor, Tensor]:
+    """Axial 3D rotary tables ``(cos, sin)``, each ``[frames * grid * grid, head_dim]``
+    (tokens ordered t, row, col), in the layout of ``byg.backbones.toy.apply_rope``: each
+    half of a head rotates in ``head_dim / 4`` angle slots; the first half's slots go to
+    the row and the time index, the second half's to the column and the time index."""
+    quarter = head_dim // 4
+    n_t = quarter // 3
+    n_s = quarter - n_t
+
+    def freqs(m: int) -> Tensor:
+        return 1.0 / theta ** (torch.arange(m, dtype=torch.float64) / max(m, 1))
+
+    ts, ys, xs = torch.meshgrid(
+        torch.arange(frames, dtype=torch.float64),
+        torch.arange(grid, dtype=torch.float64),
+        torch.arange(grid, dtype=torch.float64),
+        indexing="ij",
+    )
+    ts, ys, xs = ts.flatten()[:, None], ys.flatten()[:, None], xs.flatten()[:, None]
+    half_a = torch.cat([ys * freqs(n_s), ts * freqs(n_t)], 1)  # (N, quarter)
+    half_b = torch.cat([xs * freqs(n_s), ts * freqs(n_t)], 1)
+    ang = torch.cat([half_a, half_a, half_b, half_b], 1)  # (N, head_dim)
+    return ang.cos().float(), ang.sin().float()
 
 
 class ToyVideoBackbone(Backbone):
@@ -206,6 +242,9 @@ class ToyVideoBackbone(Backbone):
         self.register_buffer(
             "pos", sincos_3d(self.t_tokens, self.grid, d), persistent=False
         )  # (N, D): shared by noisy and condition tokens
+        rope_cos, rope_sin = rope_3d(self.t_tokens, self.grid, d // cfg.heads)
+        self.register_buffer("rope_cos", rope_cos, persistent=False)  # (N, dh)
+        self.register_buffer("rope_sin", rope_sin, persistent=False)
         self.type_cond = nn.Parameter(torch.randn(d) * cfg.type_init_std)
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
@@ -292,18 +331,23 @@ class ToyVideoBackbone(Backbone):
         b, n = x_t.shape[0], self.num_tokens
         feats, mask, pooled = self._text(text)
         c_x = self.t_embed(timestep_embedding(t, cfg.dim)) + pooled  # (B, D)
+        sincos = cfg.pos_embed == "sincos"
         skips, h = self.patch_tokens(x_t, c_x)
-        h = h + self.pos
+        h = h + self.pos if sincos else h
+        rope = None if sincos else (self.rope_cos, self.rope_sin)
         c, groups = c_x[:, None], [n]
         if cond is not None:
             t_cond = torch.zeros_like(t) if cfg.cond_time == "clean" else t
             c_y = self.t_embed(timestep_embedding(t_cond, cfg.dim)) + pooled
             _, h_cond = self.patch_tokens(cond, c_y)
-            h_cond = h_cond + self.pos + self.type_cond  # the SAME positions as the noisy tokens
+            # the SAME positional codes as the noisy tokens (additive or rotary)
+            h_cond = (h_cond + self.pos if sincos else h_cond) + self.type_cond
             h = torch.cat([h, h_cond], 1)  # (B, 2N, D)
             c, groups = torch.stack([c_x, c_y], 1), [n, n]
+            if rope is not None:
+                rope = (torch.cat([rope[0], rope[0]]), torch.cat([rope[1], rope[1]]))
         for block in self.blocks:
-            h = block(h, c, groups, feats, mask)
+            h = block(h, c, groups, feats, mask, rope)
         h = h[:, :n]
         shift, scale = self.final_adaLN(F.silu(c_x))[:, None].chunk(2, -1)
         h = self.to_pixels(modulate(self.final_norm(h), shift, scale))  # (B, N, pt*p*p*C')
@@ -399,6 +443,7 @@ __all__ = [
     "ToyVideoBackbone",
     "ToyVideoBackboneConfig",
     "sincos_3d",
+    "rope_3d",
     "build",
     "save_toy_video_backbone",
     "load_toy_video_backbone",

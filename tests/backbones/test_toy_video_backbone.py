@@ -129,3 +129,30 @@ def test_vocabulary_covers_the_video_world():
     prompts = [ds[i][k] for i in range(0, 40, 4) for k in ("c_src", "c_tgt", "c_fwd", "c_rev")]
     tokens = m.encode_text(prompts)["tokens"]
     assert not (tokens == m.tokenizer.unk_id).any()
+
+
+def test_rope_gives_condition_tokens_the_same_rotary_rows():
+    m = _model(pos_embed="rope", skips=False)
+    x, cond, t, text = _inputs(m)
+    seen = {}
+
+    def grab(module, args):
+        seen["rope"] = args[5]
+
+    hook = m.blocks[0].register_forward_pre_hook(grab)
+    with torch.no_grad():
+        m(x, t, text, cond)
+    hook.remove()
+    cos, sin = seen["rope"]
+    n = m.num_tokens
+    assert (
+        cos.shape == (2 * n, 24 // 2)
+        and torch.equal(cos[:n], cos[n:])
+        and torch.equal(sin[:n], sin[n:])
+    )
+    assert torch.equal(cos[:n], m.rope_cos)
+    # every space-time position has its own rotation (time, row and column all enter)
+    rows = torch.cat([m.rope_cos, m.rope_sin], 1)
+    assert torch.cdist(rows, rows).add(torch.eye(n) * 1e3).min() > 1e-3
+    with torch.no_grad():
+        assert m(x, t, text, cond).shape == x.shape
