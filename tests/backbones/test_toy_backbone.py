@@ -59,8 +59,12 @@ def _inputs(model: ToyBackbone, b: int = 3, seed: int = 1):
     return x, t, text, cond
 
 
-def test_shapes_with_and_without_cond():
-    model = _tiny()
+SHIPPED_LAYOUT = dict(pos_embed="rope", skips=False, stem_levels=2, patch_size=1)
+
+
+@pytest.mark.parametrize("layout", [{}, SHIPPED_LAYOUT], ids=["default", "rope_skipfree"])
+def test_shapes_with_and_without_cond(layout):
+    model = _tiny(**layout)
     x, t, text, cond = _inputs(model)
     assert model(x, t, text).shape == x.shape
     assert model(x, t, text, cond).shape == x.shape
@@ -154,6 +158,21 @@ def test_rope_condition_tokens_get_the_same_rotary_rows():
     assert not torch.allclose(a, b)
 
 
+def test_skip_free_decoder_reads_the_tokens_only():
+    """skips=False: no merge of noisy features in the decoder, so the output depends on x_t
+    only through the transformer tokens; zeroing the tokens' path (to_pixels) leaves an
+    output that no longer depends on x_t at all, which is not true with skips."""
+    for skips, depends in ((False, False), (True, True)):
+        model = _tiny(**{**SHIPPED_LAYOUT, "skips": skips})
+        with torch.no_grad():
+            model.to_pixels.weight.zero_()
+            model.to_pixels.bias.zero_()
+        x, t, text, _ = _inputs(model)
+        with torch.no_grad():
+            a, b = model(x, t, text), model(x + 1.0, t, text)
+        assert (not torch.allclose(a, b)) is depends, skips
+
+
 def test_cond_time_clean_uses_t0_for_condition():
     """'clean' condition tokens do not depend on the noisy tokens' t through the stem."""
     model = _tiny()
@@ -169,8 +188,9 @@ def test_cond_time_clean_uses_t0_for_condition():
     assert not torch.allclose(seen[0][:, :n], seen[1][:, :n])
 
 
-def test_editor_with_zero_lora_equals_backbone_and_lora_reaches_cond_path():
-    model = _tiny()
+@pytest.mark.parametrize("layout", [{}, SHIPPED_LAYOUT], ids=["default", "rope_skipfree"])
+def test_editor_with_zero_lora_equals_backbone_and_lora_reaches_cond_path(layout):
+    model = _tiny(**layout)
     x, t, text, cond = _inputs(model)
     with torch.no_grad():
         ref_plain, ref_cond = model(x, t, text), model(x, t, text, cond)
