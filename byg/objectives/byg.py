@@ -25,6 +25,11 @@ Choices METHOD.md leaves open, each a config field:
   same ``(x_src, t, ε)`` (caption ``c_src``, no condition image). ``warmup_max_steps``
   caps the wait (a warning is logged when it is hit).
 * ``rollout_clean_steps``: Euler steps from ``t`` to 0 for ``x_clean`` (default = ``k``).
+* ``mse_reduction``: ``"mean"`` reads ``‖·‖²`` as a per-element mean, ``"sum"`` as the squared
+  norm over all ``D`` latent elements. The cosine term's gradient does not shrink with ``D``,
+  so under ``"mean"`` it dominates the anchor, cycle and identity terms by about ``D`` (on
+  the toy world the first full step's gradient was ~150× an identity step's, and the copy
+  path learned in the warm-up was lost within 100 steps). Logged terms stay means.
 * The reverse prior uses the time ``t'`` and noise ``ε'`` of the cycle's noised source.
 """
 
