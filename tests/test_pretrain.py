@@ -132,3 +132,23 @@ def test_cli_registers_pretrain_base(tmp_path):
     )
     assert args.func(args) == 0
     assert (tmp_path / "cli" / "model.safetensors").exists()
+
+
+def test_save_every_writes_snapshots_before_the_end(tmp_path, monkeypatch):
+    """save_every=1 on a 3-step run: snapshots after steps 1 and 2, then the final save."""
+    import byg.pretrain as pretrain_mod
+
+    calls = []
+    real = pretrain_mod.save_toy_backbone
+
+    def spy(model, path, extra=None):
+        calls.append((extra or {}).get("step"))
+        return real(model, path, extra)
+
+    monkeypatch.setattr(pretrain_mod, "save_toy_backbone", spy)
+    cfg = load_pretrain_config(overrides=TINY + ["save_every=1"])
+    pretrain_base(cfg, tmp_path / "base", progress=False)
+    assert calls == [1, 2, None]  # the final save carries no snapshot step
+    assert "step" not in json.loads((tmp_path / "base" / "config.json").read_text())
+    with pytest.raises(ConfigError, match="save_every"):
+        load_pretrain_config(overrides=["save_every=-1"])
