@@ -1,0 +1,35 @@
+"""``byg demo`` report pieces that state what happened to the copy path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from byg.demo import _warmup_line, demo_config, identity_only_config
+
+
+def test_warmup_line_states_the_end_and_the_copy_ratio():
+    line = _warmup_line(
+        {"warmup_end_step": 429, "warmup_last_loss_id": 0.072, "warmup_last_loss_base": 0.1}
+    )
+    assert "ended by step 429" in line and "ratio 0.72" in line
+    never = _warmup_line(
+        {"warmup_end_step": None, "warmup_last_loss_id": 0.2, "warmup_last_loss_base": 0.1}
+    )
+    assert "never ended" in never and "ratio 2.00" in never
+    assert _warmup_line({"warmup_end_step": 5}).endswith("(first logged ByG step).")
+
+
+def test_demo_configs_use_the_shipped_settings_and_identity_only_differs_only_in_schedule():
+    cfg = demo_config(quick=False, steps=None, base_dir=None)
+    assert cfg.objective == "byg" and cfg.byg.mse_reduction == "sum"
+    assert cfg.byg.direction_reference == "editor"
+    quick = demo_config(quick=True, steps=None, base_dir=None)
+    assert quick.train.steps < cfg.train.steps
+    ido = identity_only_config(cfg)
+    assert ido.byg.p_id == 1.0 and ido.train == cfg.train and ido.lora == cfg.lora
+    changed = {
+        f.name
+        for f in dataclasses.fields(cfg.byg)
+        if getattr(cfg.byg, f.name) != getattr(ido.byg, f.name)
+    }
+    assert changed <= {"p_id", "warmup_ratio", "no_identity_steps"}
