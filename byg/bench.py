@@ -217,6 +217,9 @@ def write_speed_report(res: dict, out: Path) -> None:
         f"| {k} | {v:.4f} |" for k, v in res["call_costs"].items()
     ]
     lines += ["", f"Peak RSS {res['peak_rss_mb']:.0f} MB."]
+    for key, label in (("command", "Command"), ("machine", "Machine"), ("model", "Model")):
+        if res.get(key):
+            lines.append(f"{label}: `{res[key]}`." if key == "command" else f"{label}: {res[key]}.")
     (out / "speed.md").write_text("\n".join(lines) + "\n")
 
 
@@ -230,7 +233,16 @@ def cmd_speed(args: argparse.Namespace) -> int:
     editor = Editor(build_backbone("toy", options), rank=args.rank, ema_decay=0.99)
     cfg = ByGConfig(rollout_steps=args.k)
     res = measure_speed(editor, batch=args.batch, res=32, byg_cfg=cfg, steps=args.steps)
-    res["machine"] = f"{torch.get_num_threads()} torch thread(s), CPU"
+    import os
+    import platform
+    import sys
+
+    res["machine"] = (
+        f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU core(s), "
+        f"{torch.get_num_threads()} torch thread(s), no GPU used, torch {torch.__version__}"
+    )
+    res["command"] = "byg " + " ".join(sys.argv[1:]) if sys.argv[1:] else "byg bench speed"
+    res["model"] = "shipped toy base" if args.shipped_base else "fresh default ToyBackboneConfig"
     write_speed_report(res, Path(args.out))
     print((Path(args.out) / "speed.md").read_text())
     return 0
