@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -25,9 +26,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.data.path and not Path(cfg.data.path).exists():
         raise FileNotFoundError(f"data.path {cfg.data.path!r} does not exist")
     res = train(cfg, out, resume=args.resume, stop_after=args.max_steps)
-    print(
-        f"trained to step {res['steps']} in {res['wall_seconds']:.0f}s; checkpoints in {out / 'checkpoints'}"
-    )
+    if os.environ.get("RANK", "0") == "0":  # once, not once per process
+        print(
+            f"trained to step {res['steps']} in {res['wall_seconds']:.0f}s; checkpoints in {out / 'checkpoints'}"
+        )
     return 0
 
 

@@ -24,6 +24,7 @@ are averaged here (``all_reduce_grads``). That keeps the EMA, checkpoints and th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -51,6 +52,91 @@ def is_fsdp(accelerator: Accelerator) -> bool:
 
 def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def deepspeed_requested() -> bool:
+    """``accelerate launch --use_deepspeed`` (or a DeepSpeed accelerate config) set this up."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def accelerator_kwargs(launched: int) -> dict:
+    """``Accelerator(...)`` arguments for ``launched`` processes on this machine.
+
+    Without CUDA, several processes run on CPU with gloo. accelerate offers DeepSpeed only
+    on accelerators, so on CPU (tests, laptops) the gloo backend is named explicitly and
+    accelerate's ``cpu`` switch (which would turn DeepSpeed off) stays down.
+    """
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers: list = [ddp_kwargs()]
+    cuda = torch.cuda.is_available()
+    if deepspeed_requested():
+        if not cuda:
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        return {"kwargs_handlers": handlers, "cpu": False}
+    return {"kwargs_handlers": handlers, "cpu": launched > 1 and not cuda}
+
+
+#: ZeRO stages ``byg train`` runs: 1 and 2 shard optimizer state (and gradients); stage 3
+#: would shard the LoRA tensors too, which the EMA and the frozen-base view need whole
+DEEPSPEED_STAGES = (1, 2)
+
+
+def configure_deepspeed(
+    accelerator: Accelerator, *, micro_batch: int, grad_accum: int, grad_clip: float
+) -> int:
+    """Fill the DeepSpeed config from the run config before ``accelerator.prepare``.
+
+    ``byg train`` has no DataLoader for accelerate to read the batch size from, and the
+    run config, not the accelerate file, owns batch, accumulation and clipping: they are
+    written here so the two cannot disagree. Returns the ZeRO stage.
+
+    Raises:
+        ValueError: a ZeRO stage other than 1 or 2, or CPU offload of the optimizer
+            (which would need DeepSpeed's compiled CPU Adam).
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    ds = plugin.deepspeed_config
+    zero = ds.setdefault("zero_optimization", {})
+    stage = int(zero.get("stage", plugin.zero_stage or 0))
+    if stage not in DEEPSPEED_STAGES:
+        raise ValueError(
+            f"DeepSpeed ZeRO stage {stage} is not supported by `byg train`; use zero_stage 2 "
+            "(configs/accelerate/deepspeed_zero2.yaml), or FSDP for a base that does not fit "
+            "one GPU (configs/accelerate/fsdp_flux.yaml): ZeRO-3 would shard the LoRA tensors, "
+            "which the EMA and the frozen-base view need whole"
+        )
+    ds["train_micro_batch_size_per_gpu"] = micro_batch
+    ds["gradient_accumulation_steps"] = grad_accum
+    ds["train_batch_size"] = micro_batch * grad_accum * accelerator.num_processes
+    ds["gradient_clipping"] = float(grad_clip) if grad_clip > 0 else 0.0
+    plugin.gradient_accumulation_steps = grad_accum
+    return stage
+
+
+#: keys of a ZeRO optimizer state dict that are Python objects, not data: dropped on save
+#: so the file loads with ``torch.load(weights_only=True)`` (DeepSpeed keeps its defaults)
+_ZERO_OBJECT_KEYS = ("loss_scaler", "param_slice_mappings")
+
+
+def zero_state_dict(optimizer) -> dict:
+    """This rank's ZeRO optimizer partition as plain data (tensors, numbers, strings)."""
+    sd = optimizer.state_dict()
+    out = {k: v for k, v in sd.items() if k not in _ZERO_OBJECT_KEYS}
+    if "zero_stage" in out:
+        out["zero_stage"] = int(out["zero_stage"])
+    return out
+
+
+def gather_zero_state(accelerator: Accelerator, optimizer) -> list[dict] | None:
+    """Every rank's ZeRO optimizer partition, in rank order, on rank 0 (None elsewhere)."""
+    from accelerate.utils import gather_object
+
+    mine = zero_state_dict(optimizer)
+    if accelerator.num_processes == 1:
+        return [mine]
+    parts = gather_object([mine])
+    return parts if accelerator.is_main_process else None
 
 
 def ddp_kwargs():
@@ -123,6 +209,12 @@ __all__ = [
     "chunk_seed",
     "is_fsdp",
     "is_deepspeed",
+    "deepspeed_requested",
+    "accelerator_kwargs",
+    "configure_deepspeed",
+    "zero_state_dict",
+    "gather_zero_state",
+    "DEEPSPEED_STAGES",
     "ddp_kwargs",
     "reduce_sum",
     "all_reduce_grads",

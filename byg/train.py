@@ -2,7 +2,8 @@
 
 One process or many (``accelerate launch -m byg.cli train ...``): every rank builds the
 same editor, draws its own slice of each global batch from a deterministic index stream,
-and DDP all-reduces the LoRA gradients. Only rank 0 writes checkpoints, logs and previews.
+and DDP all-reduces the LoRA gradients (or FSDP shards the base, or DeepSpeed ZeRO-1/2
+partitions the optimizer state). Only rank 0 writes checkpoints, logs and previews.
 The EMA is updated from identical weights on every rank, so it stays identical. The rules
 that make N processes equal one are in ``byg.distributed``.
 
@@ -25,7 +26,8 @@ What survives what:
   rows stop the run naming them unless ``data.skip_bad`` (then they are counted).
 
 Fault injection (testing aids for ``tests/test_faults.py``; never set them in production):
-``BYG_FAULT_NAN_AT_STEP=3,7`` turns the loss of those steps (1-based) into NaN;
+``BYG_FAULT_NAN_AT_STEP=3,7:1`` turns the loss of step 3 (1-based) into NaN, and of step 7
+only in its micro-step 1 (0-based; after micro-step 0's backward, gradient accumulation);
 ``BYG_FAULT_HANG_AT_STEP=N`` pauses step ``N`` after its backward pass (writing
 ``<run>/fault_marker``) until a signal arrives or 600 s pass. The save faults are in
 ``byg.checkpoint``.
@@ -61,10 +63,12 @@ from byg.checkpoint import (
     save_checkpoint,
 )
 from byg.distributed import (
+    accelerator_kwargs,
     all_reduce_grads,
     check_ranks_agree,
     chunk_seed,
-    ddp_kwargs,
+    configure_deepspeed,
+    gather_zero_state,
     is_deepspeed,
     is_fsdp,
     reduce_sum,
@@ -233,8 +237,17 @@ def _resolve_resume(resume: str | None, out: Path) -> Path | None:
 
 
 def _fault_steps(name: str) -> set[int]:
-    value = os.environ.get(name, "")
-    return {int(v) for v in value.split(",") if v.strip()}
+    return set(_fault_micro_steps(name))
+
+
+def _fault_micro_steps(name: str) -> dict[int, int | None]:
+    """``"3,7:1"`` -> ``{3: None, 7: 1}``: step 3 (every micro-step), step 7 micro-step 1."""
+    out: dict[int, int | None] = {}
+    for v in os.environ.get(name, "").split(","):
+        if v.strip():
+            step, _, micro = v.partition(":")
+            out[int(step)] = int(micro) if micro.strip() else None
+    return out
 
 
 def _hang(out: Path, step: int, stop: dict) -> None:
@@ -308,24 +321,26 @@ def train(
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     launched = max(int(os.environ.get(k, "1")) for k in WORLD_SIZE_ENV)
-    accelerator = Accelerator(
-        mixed_precision=tc.mixed_precision,
-        kwargs_handlers=[ddp_kwargs()],
-        cpu=launched > 1 and not torch.cuda.is_available(),  # torchrun on CPU: gloo
-    )
+    # several processes without CUDA: gloo on CPU (DeepSpeed included, see byg.distributed)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, **accelerator_kwargs(launched))
     if accelerator.num_processes != launched:
         raise TrainingError(
             f"launched as {launched} processes but accelerate set up {accelerator.num_processes}"
             "; they would train independently and overwrite each other's checkpoints"
         )
-    if is_deepspeed(accelerator):
-        raise TrainingError(
-            "DeepSpeed is not supported by `byg train`: ZeRO partitions the optimizer state "
-            "across ranks (exact resume would need every rank's shard) and steps inside "
-            "backward (the NaN skip could not undo it). For LoRA training ZeRO-2 saves only "
-            "the small LoRA optimizer state; use DDP (configs/accelerate/ddp.yaml) or, for "
-            "backbones that do not fit one GPU, FSDP (configs/accelerate/fsdp_flux.yaml)."
-        )
+    ds = is_deepspeed(accelerator)  # ZeRO-1/2: optimizer state (and gradients) sharded
+    if ds:
+        try:
+            configure_deepspeed(
+                accelerator,
+                micro_batch=tc.batch_size,
+                grad_accum=tc.grad_accum,
+                grad_clip=cfg.optim.grad_clip,
+            )
+        except ValueError as e:
+            raise TrainingError(str(e)) from e
+    if ckpt is not None:
+        _check_optimizer_layout(ckpt, ds, accelerator.num_processes)
     device = accelerator.device
     is_main = accelerator.is_main_process
     world, rank, B, ga = (
@@ -374,7 +389,10 @@ def train(
                 f"{this_backbone}"
             )
         editor.load_lora_state_dict(ckpt["lora"], ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"]["optimizer"])
+        if ds:  # every rank's partition is in the file; DeepSpeed picks this rank's
+            opt.optimizer.load_state_dict(ckpt["optimizer"]["zero"], load_from_fp32_weights=True)
+        else:
+            opt.load_state_dict(ckpt["optimizer"]["optimizer"])
         sched.load_state_dict(ckpt["optimizer"]["scheduler"])
         st = ckpt["state"]
         objective.load_state_dict(st["objective"])
@@ -402,7 +420,7 @@ def train(
     if is_main and tc.preview_every and cfg.data.source != "cache":
         preview_items = [dataset[i] for i in range(min(6, len(dataset)))]
     end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
-    nan_steps = _fault_steps(FAULT_NAN_AT_STEP)
+    nan_steps = _fault_micro_steps(FAULT_NAN_AT_STEP)
     hang_steps = _fault_steps(FAULT_HANG_AT_STEP)
 
     stop = {"sig": None}
@@ -421,6 +439,8 @@ def train(
     def do_save(step: int) -> None:
         """Rank 0 writes; every rank learns whether it worked."""
         check_ranks_agree(accelerator, params + list(editor.ema_state_dict().values()), "LoRA")
+        # ZeRO: each rank holds a partition of the optimizer state; rank 0 saves them all
+        opt_state = {"zero": gather_zero_state(accelerator, opt.optimizer)} if ds else None
         error: BaseException | None = None
         if is_main:
             try:
@@ -430,7 +450,7 @@ def train(
                     lora=editor.lora_state_dict(),
                     ema=editor.ema_state_dict(),
                     optimizer_state={
-                        "optimizer": opt.state_dict(),
+                        **(opt_state or {"optimizer": opt.state_dict()}),
                         "scheduler": sched.state_dict(),
                     },
                     state={
@@ -491,25 +511,33 @@ def train(
                 py_rng.seed(step_seed(tc.seed, step))
                 items = [dataset[i] for i in positions(step, chunk)]
                 batch = collate_batch(items, editor, device)
-                # gradients are all-reduced on the last micro-step only
-                sync = partial(accelerator.no_sync, model) if micro < ga - 1 else nullcontext
+                # gradients are all-reduced on the last micro-step only (DeepSpeed: its own
+                # accumulation boundary, set below)
+                last = micro == ga - 1
+                sync = partial(accelerator.no_sync, model) if not (last or ds) else nullcontext
                 with sync(), accelerator.autocast():
                     res = objective(editor, batch, step, generator, py_rng, model=model)
                 loss, kind = res.loss, res.kind
-                if n in nan_steps:
+                if n in nan_steps and nan_steps[n] in (None, micro):
                     loss = loss * float("nan")
                     res.terms["loss"] = float("nan")
                 ok = 1.0 if torch.isfinite(loss).item() else 0.0
                 if reduce_sum(accelerator, [ok])[0] < world:
                     finite, bad_terms = False, dict(res.terms)
+                    if ds:
+                        _poison_deepspeed_window(model, params, micro, ga)
                     break
                 # every LoRA tensor joins the graph (with gradient 0 where unused, e.g. the
                 # Wan expert no sample of this chunk reached): the same set of gradients on
                 # every rank and in every layout, which DDP (find_unused_parameters=False)
                 # and the FSDP all-reduce rely on
                 loss = loss + 0.0 * sum(p.sum() for p in params)
-                with sync():
-                    accelerator.backward(loss / ga)
+                if ds:  # DeepSpeed divides by grad_accum itself and reduces at the boundary
+                    model.set_gradient_accumulation_boundary(last)
+                    model.backward(loss)
+                else:
+                    with sync():
+                        accelerator.backward(loss / ga)
                 for k, v in res.terms.items():
                     sums[k] = sums.get(k, 0.0) + v
             objective.load_state_dict(state0)  # the step's bookkeeping is applied once, below
@@ -517,7 +545,16 @@ def train(
                 _hang(out, n, stop)
 
             gnorm = None
-            if finite:
+            if ds:  # clip, AdamW, scheduler, zero_grad; DeepSpeed skips non-finite gradients
+                model.step()
+                gnorm = model.get_global_grad_norm()
+                gnorm = None if gnorm is None else float(gnorm)
+                if model.was_step_applied() != finite:
+                    if finite:
+                        finite, bad_terms = False, {**sums, "grad_norm": gnorm}
+                    else:
+                        raise TrainingError(f"step {n}: DeepSpeed applied a non-finite step")
+            elif finite:
                 if fsdp:
                     all_reduce_grads(accelerator, params)
                 if cfg.optim.grad_clip > 0:
@@ -657,6 +694,41 @@ def _check_fsdp_lora(editor: Editor) -> None:
     if sharded:
         raise TrainingError(
             f"FSDP sharded LoRA tensors ({sharded[:2]}...); they must stay whole on every rank"
+        )
+
+
+# ----------------------------------------------------------------------------- DeepSpeed
+
+
+def _poison_deepspeed_window(model, params: list[Tensor], micro: int, ga: int) -> None:
+    """Make DeepSpeed drop this step's gradient after a non-finite loss at ``micro``.
+
+    DeepSpeed cannot discard a partly accumulated gradient from outside, but its ``step``
+    skips (no AdamW, scheduler or counter update, gradients cleared) when the gradient is
+    non-finite. So the rest of the window is run with a NaN gradient on every LoRA tensor.
+    """
+    for m in range(micro, ga):
+        model.set_gradient_accumulation_boundary(m == ga - 1)
+        model.backward(float("nan") * sum(p.sum() for p in params))
+
+
+def _check_optimizer_layout(ckpt: dict, ds: bool, world: int) -> None:
+    """A ZeRO checkpoint resumes under DeepSpeed with as many processes, and only so."""
+    zero = ckpt["optimizer"].get("zero")
+    if ds and zero is None:
+        raise TrainingError(
+            f"{ckpt['path']} was written without DeepSpeed (whole optimizer state); resume it "
+            "the way it was trained (DDP or one process)"
+        )
+    if not ds and zero is not None:
+        raise TrainingError(
+            f"{ckpt['path']} was written under DeepSpeed ZeRO (optimizer state in "
+            f"{len(zero)} partitions); resume it with the same DeepSpeed config"
+        )
+    if ds and len(zero) != world:
+        raise TrainingError(
+            f"{ckpt['path']} holds ZeRO optimizer partitions for {len(zero)} processes, this "
+            f"run has {world}; resume with {len(zero)} processes"
         )
 
 
