@@ -57,12 +57,21 @@ ABLATIONS: tuple[str, ...] = (
     "no_identity_steps",
     "no_ema",
 )
+#: cost options of ``byg bench speed`` (issue: amortised bootstrapping R, rollout steps k),
+#: each the ByG config with these fields changed; not in ``all``, ask with ``--methods cost``
+COST_OPTIONS: dict[str, dict[str, int]] = {
+    "byg-reuse2": {"rollout_reuse": 2},
+    "byg-reuse4": {"rollout_reuse": 4},
+    "byg-k4": {"rollout_steps": 4},
+    "byg-k10": {"rollout_steps": 10},
+}
 TRAINED: tuple[str, ...] = (
     "byg",
     "supervised-seen",
     "supervised-all",
     "identity-only",
     *ABLATIONS,
+    *COST_OPTIONS,
 )
 ZERO_SHOT: tuple[str, ...] = ("identity", "flowedit", "sdedit")
 METHODS: tuple[str, ...] = (
@@ -75,10 +84,13 @@ METHODS: tuple[str, ...] = (
     "identity-only",
     *ABLATIONS,
 )
+#: every name ``--methods`` accepts, in report order
+ALL_NAMES: tuple[str, ...] = (*METHODS, *COST_OPTIONS)
 #: names accepted by ``--methods`` besides the methods themselves
 GROUPS: dict[str, tuple[str, ...]] = {
     "all": METHODS,
     "ablations": ABLATIONS,
+    "cost": tuple(COST_OPTIONS),
     "baselines": ("supervised-seen", "supervised-all", "flowedit", "sdedit", "identity"),
 }
 SPLITS = ("overall", "seen", "unseen")
@@ -207,6 +219,10 @@ def method_config(method: str, cfg: RunConfig) -> RunConfig:
         return dataclasses.replace(
             cfg, name=method, byg=dataclasses.replace(cfg.byg, **{method: True})
         )
+    if method in COST_OPTIONS:
+        return dataclasses.replace(
+            cfg, name=method, byg=dataclasses.replace(cfg.byg, **COST_OPTIONS[method])
+        )
     if method == "identity-only":
         return dataclasses.replace(identity_only_config(cfg), name="identity-only")
     if method == "supervised-seen":  # the train split holds seen edits only
@@ -234,16 +250,16 @@ def parse_methods(spec: str | Sequence[str] | None) -> list[str]:
     for n in names:
         if n in GROUPS:
             wanted.update(GROUPS[n])
-        elif n in METHODS:
+        elif n in ALL_NAMES:
             wanted.add(n)
         else:
             unknown.append(n)
     if unknown:
         raise ValueError(
-            f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(METHODS)} "
+            f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(ALL_NAMES)} "
             f"(groups: {', '.join(GROUPS)})"
         )
-    return [m for m in METHODS if m in wanted]
+    return [m for m in ALL_NAMES if m in wanted]
 
 
 # ----------------------------------------------------------------------------- data
@@ -451,6 +467,19 @@ def target_checks(per_seed: dict[str, dict[str, dict]]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- methods
+
+
+#: config fields added after ``CACHE_VERSION`` 1 with the value that leaves results as they
+#: were: left out of fingerprints at that value, so older cache entries stay valid
+NEUTRAL_FIELDS: dict[tuple[str, str], Any] = {("byg", "rollout_reuse"): 1}
+
+
+def _without_neutral(run_config: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in run_config.items()}
+    for (section, name), neutral in NEUTRAL_FIELDS.items():
+        if out.get(section, {}).get(name, neutral) == neutral:
+            out.get(section, {}).pop(name, None)
+    return out
 
 
 def _fingerprint(obj: Any) -> str:
@@ -666,7 +695,9 @@ class QualityBench:
 
     def method_spec(self, method: str) -> dict:
         if method in TRAINED:
-            return {"run_config": run_config_dict(method_config(method, self.cfg))}
+            return {
+                "run_config": _without_neutral(run_config_dict(method_config(method, self.cfg)))
+            }
         if method in ("flowedit", "sdedit"):
             s = self.settings
             grid = s.flowedit_grid if method == "flowedit" else s.sdedit_grid
@@ -881,7 +912,7 @@ def _ms(s: dict, digits: int = 3) -> str:
 
 def write_markdown(res: dict, path: Path) -> None:
     methods = res["methods"]
-    order = [m for m in METHODS if m in methods]
+    order = [m for m in ALL_NAMES if m in methods]
     lines = [
         "# byg bench quality: toy-world editors against the oracle",
         "",
@@ -1033,7 +1064,7 @@ def plot_quality(res: dict, path: Path) -> None:
     import numpy as np
 
     methods = res["methods"]
-    order = [m for m in METHODS if m in methods]
+    order = [m for m in ALL_NAMES if m in methods]
     fig, axes = plt.subplots(1, 2, figsize=(13.5, 5.8))
     main_colours = plt.get_cmap("tab10")
     abl_colours = plt.get_cmap("Dark2")
@@ -1051,6 +1082,8 @@ def plot_quality(res: dict, path: Path) -> None:
                 continue
             if m in ABLATIONS:
                 colour, marker = abl_colours(ABLATIONS.index(m) % 8), "s"
+            elif m in COST_OPTIONS:
+                colour, marker = "0.45", "^"
             else:
                 k = [n for n in METHODS if n not in ABLATIONS].index(m)
                 colour, marker = main_colours(k % 10), "*" if m == "byg" else "o"
@@ -1220,7 +1253,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated subset (default: all): {', '.join(METHODS)}; groups: "
+        help=f"comma-separated subset (default: all = the first 14): {', '.join(ALL_NAMES)}; groups: "
         f"{', '.join(GROUPS)}",
     )
     q.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
@@ -1248,6 +1281,8 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
 
 __all__ = [
     "ABLATIONS",
+    "ALL_NAMES",
+    "COST_OPTIONS",
     "METHODS",
     "PAPER_ABLATION",
     "QualitySettings",

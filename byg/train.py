@@ -510,6 +510,8 @@ def train(
                 generator.manual_seed(chunk_seed(tc.seed, step, chunk))
                 py_rng.seed(step_seed(tc.seed, step))
                 items = [dataset[i] for i in positions(step, chunk)]
+                if hasattr(objective, "slot"):  # a kept rollout belongs to its micro-step
+                    objective.slot = micro
                 batch = collate_batch(items, editor, device)
                 # gradients are all-reduced on the last micro-step only (DeepSpeed: its own
                 # accumulation boundary, set below)

@@ -31,6 +31,15 @@ Choices METHOD.md leaves open, each a config field:
   the toy world the first full step's gradient was ~150× an identity step's, and the copy
   path learned in the warm-up was lost within 100 steps). Logged terms stay means.
 * The reverse prior uses the time ``t'`` and noise ``ε'`` of the cycle's noised source.
+
+Cost option (changes the method, measured by ``byg bench quality`` / ``speed``):
+
+* ``rollout_reuse`` = R > 1, amortised bootstrapping: a full step that computes a rollout
+  keeps it, with its batch, ``t`` and ``ε``, and the next R − 1 full steps train on that
+  same ``(x_src, c, x_t, x_clean)`` (fresh ``t'``, ``ε'`` for the cycle) instead of their
+  own batch, skipping the rollout. Kept per ``slot`` (the micro-step of gradient
+  accumulation; ranks keep their own). Not saved in checkpoints: a resumed run starts a
+  new group, so resume is exact only with R = 1.
 """
 
 from __future__ import annotations
@@ -58,6 +67,9 @@ class ByGConfig:
     rollout_steps: int = 10  # k: Euler steps from t = 1 down to t
     rollout_clean_steps: int | None = None  # steps from t to 0 (None: same as k)
     rollout_shift: float = 1.0
+    # amortised bootstrapping: one rollout (with its batch, t and ε) serves R consecutive full
+    # steps; the cycle's t', ε' are fresh every step. 1 = METHOD.md as written
+    rollout_reuse: int = 1
     # loss weights
     alpha: float = 0.1
     lambda_prior: float = 1.0
@@ -88,6 +100,8 @@ class ByGConfig:
     def __post_init__(self) -> None:
         if self.rollout_steps < 1:
             raise ValueError(f"rollout_steps must be >= 1, got {self.rollout_steps}")
+        if self.rollout_reuse < 1:
+            raise ValueError(f"rollout_reuse must be >= 1, got {self.rollout_reuse}")
         if self.rollout_clean_steps is not None and self.rollout_clean_steps < 1:
             raise ValueError(f"rollout_clean_steps must be >= 1, got {self.rollout_clean_steps}")
         if not 0.0 <= self.p_id <= 1.0:
@@ -137,6 +151,9 @@ class ByGObjective:
         self.warmup_done = cfg.eff_warmup_steps == 0
         self.id_loss_avg: float | None = None
         self.base_loss_avg: float | None = None
+        self.slot = 0  # which kept rollout a full step may reuse (set per micro-step)
+        self._kept: dict[int, dict] = {}  # slot -> rollout kept for reuse (rollout_reuse > 1)
+        self.rollouts = 0  # rollouts computed (for tests and benchmarks)
 
     # ------------------------------------------------------------------ schedule
     def is_identity_step(self, step: int, rng: random.Random) -> bool:
@@ -255,11 +272,22 @@ class ByGObjective:
         eps = randn_like(x_src, generator)
         t_r = cfg.time.sample(n, generator, x_src.device)  # t' of the cycle
         eps_r = randn_like(x_src, generator)
-        s_tr = interpolate(x_src, eps_r, t_r)  # noised source for the reverse pass
 
-        # 2. bootstrap: one trajectory gives x_t and x_clean
-        with timer("rollout"):
-            x_t, x_clean = self.rollout(editor, batch, t, eps)
+        # 2. bootstrap: one trajectory gives x_t and x_clean (or a kept one, R > 1)
+        kept = self._kept.get(self.slot)
+        if kept is not None and kept["uses"] < cfg.rollout_reuse:
+            kept["uses"] += 1
+            batch, t, eps, x_t, x_clean = (kept[k] for k in ("batch", "t", "eps", "x_t", "x_clean"))
+            x_src, text = batch.x_src, batch.text
+        else:
+            with timer("rollout"):
+                x_t, x_clean = self.rollout(editor, batch, t, eps)
+            self.rollouts += 1
+            if cfg.rollout_reuse > 1:
+                self._kept[self.slot] = dict(
+                    batch=batch, t=t, eps=eps, x_t=x_t, x_clean=x_clean, uses=1
+                )
+        s_tr = interpolate(x_src, eps_r, t_r)  # noised source for the reverse pass
         if cfg.no_bootstrap:
             x_t = interpolate(x_src, eps, t)
 
