@@ -3,18 +3,24 @@
 Both objectives train the same editor (same backbone, LoRA, batch and resolution) in one
 process, alternating step by step after a warm-up, so machine noise hits both alike. A
 per-phase breakdown comes from the objectives' ``timer`` hook, and a cost model predicts the
-ByG/supervised ratio from separately timed kinds of model call:
+ByG/supervised ratio from separately timed kinds of model call (timed in the same loop):
 
-    full ByG step ≈ (k + k_clean)·F(B) + F(4B) + FB(2B) + FB(B) + opt
+    full ByG step ≈ (k + k_clean + n_ref)·F(B) + F(4B) + FB(2B) + FB(B) + opt
+    reuse step    ≈ n_ref·F(B) + F(4B) + FB(2B) + FB(B) + opt     (rollout kept, R > 1)
     identity step ≈ F(B) [warm-up only] + FB(B) + opt
     supervised    ≈ FB(B) + opt
 
-with ``F(n)`` a no-grad call at batch ``n`` and ``FB(n)`` a trainable forward+backward.
+with ``F(n)`` a no-grad call at batch ``n``, ``FB(n)`` a trainable forward+backward and
+``n_ref`` the no-grad reference calls of option C. The ByG settings are those of
+``configs/toy_image.yaml``. Also measured: the cost options (rollout steps k, rollout reuse
+R; their quality comes from ``byg bench quality --methods cost``) and the per-edit inference
+cost of ByG, FlowEdit and SDEdit.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -65,21 +71,49 @@ def _timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+#: rollout steps k timed beside the configured one (the issue's k sweep)
+K_SWEEP = (4, 6, 10)
+#: rollout reuse R reported (amortised bootstrapping)
+R_SWEEP = (1, 2, 4)
+
+
+def _n_reference(cfg: ByGConfig) -> int:
+    """No-grad editor calls for the directional reference (option C): forward, and reverse."""
+    if cfg.direction_reference != "editor":
+        return 0
+    return 2 if cfg.prior_reverse else 1
+
+
 def measure_speed(
     editor, *, batch: int, res: int, byg_cfg: ByGConfig, steps: int = 6, warmup: int = 2
 ) -> dict:
-    """Median seconds per step of each kind, per-phase totals, call costs and the cost model."""
+    """Median seconds per step of each kind, per-phase totals, call costs and the cost model.
+
+    Every kind of step (full ByG, identity-only, supervised, a full step that reuses a kept
+    rollout, full steps with other rollout lengths k) and every kind of model call of the
+    cost model is timed in the same alternating loop, so machine drift hits all alike.
+    """
     opt = torch.optim.AdamW(editor.lora_parameters(), lr=1e-4)
+    lora = list(editor.lora_parameters())
     b = _batch(editor, batch, res, 0)
     byg = ByGObjective(byg_cfg)
+    reuse = ByGObjective(dataclasses.replace(byg_cfg, rollout_reuse=10**9))  # always reuses
+    ks = [k for k in K_SWEEP if k != byg_cfg.rollout_steps]
+    k_objs = {k: ByGObjective(dataclasses.replace(byg_cfg, rollout_steps=k)) for k in ks}
+    for o in (byg, reuse, *k_objs.values()):
+        o.warmup_done = True  # steady state: no warm-up probes
     sup = SupervisedObjective(SupervisedConfig())
     rng = random.Random(0)
     g = torch.Generator().manual_seed(0)
 
-    def run(kind: str, timer=None):
+    def step(kind: str, timer=None):
         kw = {"timer": timer} if timer is not None else {}
         if kind == "full":
             out = byg.full_step(editor, b, g, **kw)
+        elif kind == "full_reuse":
+            out = reuse.full_step(editor, b, g, **kw)
+        elif kind.startswith("full_k"):
+            out = k_objs[int(kind[6:])].full_step(editor, b, g, **kw)
         elif kind == "identity":
             out = byg.identity_step(editor, b, 10**6, g, **kw)
         else:
@@ -93,52 +127,36 @@ def measure_speed(
         editor.update_ema()
         return t_back, time.perf_counter() - t0
 
-    byg.warmup_done = True  # time steady-state identity steps (no base-loss probe)
-    kinds = ("full", "identity", "supervised")
-    for _ in range(warmup):
-        for k in kinds:
-            run(k)
-    secs: dict[str, list[float]] = {k: [] for k in kinds}
-    phases = {k: PhaseTimer() for k in kinds}
-    for _ in range(steps):  # alternate so drift affects every kind alike
-        for k in kinds:
-            t0 = time.perf_counter()
-            t_back, t_opt = run(k, phases[k])
-            secs[k].append(time.perf_counter() - t0)
-            phases[k].totals["backward"] += t_back
-            phases[k].totals["optimizer_ema"] += t_opt
-    med = {k: statistics.median(v) for k, v in secs.items()}
-    per_phase = {k: {p: t / steps for p, t in phases[k].totals.items()} for k in kinds}
-
-    # cost of each kind of call, timed in isolation
+    # the kinds of model call of the cost model
     t = torch.full((batch,), 0.5)
 
+    def rep(x, n):
+        return x.repeat(n, *[1] * (x.ndim - 1))
+
     def f(n):
-        x, c = b.x_src.repeat(n, 1, 1, 1), b.x_src.repeat(n, 1, 1, 1)
-        tt = t.repeat(n)
-        txt = {kk: v.repeat(n, *[1] * (v.ndim - 1)) for kk, v in b.text["fwd"].items()}
+        x, tt = rep(b.x_src, n), t.repeat(n)
+        txt = {kk: rep(v, n) for kk, v in b.text["fwd"].items()}
 
         def call():
             with torch.no_grad():
-                editor(x, tt, txt, c)
+                editor(x, tt, txt, x)
 
         return call
 
     def fb(n):
-        x, c = b.x_src.repeat(n, 1, 1, 1), b.x_src.repeat(n, 1, 1, 1)
-        tt = t.repeat(n)
-        txt = {kk: v.repeat(n, *[1] * (v.ndim - 1)) for kk, v in b.text["fwd"].items()}
+        x, tt = rep(b.x_src, n), t.repeat(n)
+        txt = {kk: rep(v, n) for kk, v in b.text["fwd"].items()}
 
         def call():
-            editor(x, tt, txt, c).float().pow(2).mean().backward()
-            editor.zero_grad(set_to_none=True)
+            editor(x, tt, txt, x).float().pow(2).mean().backward()
+            for p in lora:
+                p.grad = None
 
         return call
 
     def f_base(n):
-        x = b.x_src.repeat(n, 1, 1, 1)
-        tt = t.repeat(n)
-        txt = {kk: v.repeat(n, *[1] * (v.ndim - 1)) for kk, v in b.text["src"].items()}
+        x, tt = rep(b.x_src, n), t.repeat(n)
+        txt = {kk: rep(v, n) for kk, v in b.text["src"].items()}
 
         def call():
             with torch.no_grad(), editor.base():
@@ -146,40 +164,154 @@ def measure_speed(
 
         return call
 
-    reps = max(3, steps // 2)
-    cost = {
-        "F(B)": _timed(f(1), reps),
-        "F_base(4B)": _timed(f_base(4), reps),
-        "FB(2B)": _timed(fb(2), reps),
-        "FB(B)": _timed(fb(1), reps),
-    }
+    calls = {"F(B)": f(1), "F_base(4B)": f_base(4), "FB(2B)": fb(2), "FB(B)": fb(1)}
+    kinds = ["full", "identity", "supervised", "full_reuse", *[f"full_k{k}" for k in ks]]
+    reuse.full_step(editor, b, g)  # keep one rollout for the reuse steps
+    for _ in range(warmup):
+        for k in kinds:
+            step(k)
+        for c in calls.values():
+            c()
+    secs: dict[str, list[float]] = {k: [] for k in kinds}
+    call_secs: dict[str, list[float]] = {c: [] for c in calls}
+    phases = {k: PhaseTimer() for k in kinds}
+    for _ in range(steps):  # alternate so drift affects every kind alike
+        for k in kinds:
+            t0 = time.perf_counter()
+            t_back, t_opt = step(k, phases[k])
+            secs[k].append(time.perf_counter() - t0)
+            phases[k].totals["backward"] += t_back
+            phases[k].totals["optimizer_ema"] += t_opt
+        for c, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            call_secs[c].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    per_phase = {k: {p: v / steps for p, v in phases[k].totals.items()} for k in kinds}
+    cost = {c: statistics.median(v) for c, v in call_secs.items()}
+
     t_opt = statistics.median([per_phase[k]["optimizer_ema"] for k in kinds])
-    k_total = byg_cfg.rollout_steps + byg_cfg.clean_steps
-    pred_full = k_total * cost["F(B)"] + cost["F_base(4B)"] + cost["FB(2B)"] + cost["FB(B)"] + t_opt
+    n_ref = _n_reference(byg_cfg)
+    rest = cost["F_base(4B)"] + cost["FB(2B)"] + cost["FB(B)"] + t_opt
+
+    def pred_full(k: int) -> float:  # the clean half keeps its own length unless it follows k
+        clean = byg_cfg.rollout_clean_steps or k
+        return (k + clean + n_ref) * cost["F(B)"] + rest
+
+    k0 = byg_cfg.rollout_steps
     pred_sup = cost["FB(B)"] + t_opt
+    pred_reuse = n_ref * cost["F(B)"] + rest
     p_id = byg_cfg.eff_p_id
-    mean_byg = (1 - p_id) * med["full"] + p_id * med["identity"]
+
+    def mean_step(full: float) -> float:  # the schedule's mean after warm-up
+        return (1 - p_id) * full + p_id * med["identity"]
+
+    # cost options: seconds per full step on average, and the schedule mean
+    full_of_k = {k0: med["full"], **{k: med[f"full_k{k}"] for k in ks}}
+    options = []
+    for k in sorted(full_of_k):
+        for r in R_SWEEP if k == k0 else (1,):
+            full = (full_of_k[k] + (r - 1) * med["full_reuse"]) / r
+            pred = (pred_full(k) + (r - 1) * pred_reuse) / r
+            options.append(
+                {
+                    "name": _option_name(k, r, k0),
+                    "k": k,
+                    "R": r,
+                    "full_step_seconds": full,
+                    "predicted_full_step_seconds": pred,
+                    "mean_step_seconds": mean_step(full),
+                    "saving_vs_default": 1 - mean_step(full) / mean_step(med["full"]),
+                }
+            )
     return {
         "batch": batch,
         "resolution": res,
-        "rollout_steps": byg_cfg.rollout_steps,
+        "rollout_steps": k0,
         "clean_steps": byg_cfg.clean_steps,
+        "direction_reference": byg_cfg.direction_reference,
         "p_id": p_id,
-        "seconds_per_step": med,
-        "expected_byg_step": mean_byg,
+        "seconds_per_step": {k: med[k] for k in ("full", "identity", "supervised")},
+        "seconds_per_step_options": {k: med[k] for k in kinds[3:]},
+        "expected_byg_step": mean_step(med["full"]),
         "ratio_full_vs_supervised": med["full"] / med["supervised"],
-        "ratio_expected_vs_supervised": mean_byg / med["supervised"],
+        "ratio_expected_vs_supervised": mean_step(med["full"]) / med["supervised"],
         "model_calls_per_full_step": {
-            "ema_no_grad": k_total,
+            "ema_no_grad": k0 + byg_cfg.clean_steps,
+            "reference_no_grad": n_ref,
             "base_no_grad_batched": 1,
             "trainable": 2,
         },
         "per_phase_seconds": per_phase,
         "call_costs": cost,
-        "predicted_ratio_full_vs_supervised": pred_full / pred_sup,
-        "prediction_error": (med["full"] / med["supervised"]) / (pred_full / pred_sup) - 1,
+        "predicted_seconds": {"full": pred_full(k0), "supervised": pred_sup, "reuse": pred_reuse},
+        "predicted_ratio_full_vs_supervised": pred_full(k0) / pred_sup,
+        "prediction_error": (med["full"] / med["supervised"]) / (pred_full(k0) / pred_sup) - 1,
+        "options": options,
         "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def _option_name(k: int, r: int, k0: int) -> str:
+    """The ``byg bench quality`` method that trains this option (``byg`` for the default)."""
+    if k == k0 and r == 1:
+        return "byg"
+    return f"byg-reuse{r}" if k == k0 else f"byg-k{k}"
+
+
+def measure_inference(
+    editor,
+    base,
+    *,
+    batch: int,
+    res: int,
+    sample_steps: int,
+    flowedit_params: dict,
+    sdedit_params: dict,
+    reps: int = 3,
+) -> dict:
+    """Per-edit cost of ByG (the trained editor's Euler loop) vs FlowEdit and SDEdit on the
+    base: model calls, images evaluated per edited image, and seconds per image."""
+    from byg.bench_quality import baseline_fn
+    from byg.infer import edit
+
+    b = _batch(editor, batch, res, 1)
+    items = [
+        {"c_src": "a red circle", "c_tgt": "a blue circle", "c_fwd": "make the circle blue"}
+    ] * batch
+    runs = {
+        "byg": (
+            editor.backbone,
+            lambda: edit(editor, b.x_src, b.text["fwd"], steps=sample_steps, seed=0),
+            {"steps": sample_steps},
+        ),
+        "flowedit": (
+            base,
+            lambda fn=baseline_fn("flowedit", base, flowedit_params, 0): fn(b.x_src, items),
+            flowedit_params,
+        ),
+        "sdedit": (
+            base,
+            lambda fn=baseline_fn("sdedit", base, sdedit_params, 0): fn(b.x_src, items),
+            sdedit_params,
+        ),
+    }
+    out = {}
+    for name, (module, fn, params) in runs.items():
+        log: list[int] = []
+        hook = module.register_forward_pre_hook(lambda m, a, log=log: log.append(a[0].shape[0]))
+        with torch.no_grad():
+            fn()  # warm-up, and the count
+            n_calls, rows = len(log), sum(log)
+            sec = _timed(fn, reps)
+        hook.remove()
+        out[name] = {
+            "params": params,
+            "model_calls": n_calls,
+            "evaluations_per_image": rows / batch,
+            "seconds_per_image": sec / batch,
+        }
+    return out
 
 
 def _peak_rss_mb() -> float:
@@ -188,26 +320,60 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_speed_report(res: dict, out: Path) -> None:
+def _tradeoff_rows(res: dict, quality: dict | None) -> list[dict]:
+    """Each cost option's step saving beside its quality change (from ``quality.json``)."""
+    rows = []
+    q = (quality or {}).get("methods", {})
+    ref = q.get("byg", {}).get("summary", {}).get("overall")
+    for o in res["options"]:
+        row = dict(o)
+        mine = q.get(o["name"], {}).get("summary", {}).get("overall")
+        if ref and mine and o["name"] != "byg":
+            row["d_success"] = mine["edit_success"]["mean"] - ref["edit_success"]["mean"]
+            row["d_preservation"] = mine["preservation"]["mean"] - ref["preservation"]["mean"]
+            row["n_seeds"] = mine["edit_success"].get("n_seeds", 1)
+            row["meets_target"] = (
+                o["saving_vs_default"] >= 0.30
+                and row["d_success"] >= -0.03
+                and row["d_preservation"] >= -0.03
+            )
+        rows.append(row)
+    return rows
+
+
+def write_speed_report(res: dict, out: Path, quality: dict | None = None) -> None:
+    """``speed.json`` and ``speed.md``; ``quality`` (a ``quality.json``) adds the quality
+    side of the cost options' trade-off."""
     out.mkdir(parents=True, exist_ok=True)
+    res = {**res, "tradeoff": _tradeoff_rows(res, quality)}
     (out / "speed.json").write_text(json.dumps(res, indent=1))
     s = res["seconds_per_step"]
+    pred = res.get("predicted_seconds", {})
     lines = [
         "# ByG step cost vs supervised (byg bench speed)",
         "",
-        f"Batch {res['batch']}, {res['resolution']}×{res['resolution']}, k = {res['rollout_steps']} + {res['clean_steps']} rollout steps, p_id = {res['p_id']}.",
+        f"Batch {res['batch']}, {res['resolution']}×{res['resolution']}, k = "
+        f"{res['rollout_steps']} + {res['clean_steps']} rollout steps, directional reference "
+        f"{res.get('direction_reference', 'base')}, p_id = {res['p_id']}. Every kind of step "
+        "and of model call below was timed in one alternating loop.",
         "",
-        "| step | seconds (median) |",
-        "|---|---|",
-        f"| full ByG | {s['full']:.4f} |",
-        f"| identity-only | {s['identity']:.4f} |",
-        f"| supervised (Eq. 1) | {s['supervised']:.4f} |",
-        f"| ByG, schedule mean | {res['expected_byg_step']:.4f} |",
+        "| step | seconds (median) | cost model |",
+        "|---|---|---|",
+        f"| full ByG | {s['full']:.4f} | {pred.get('full', float('nan')):.4f} |",
+        f"| identity-only | {s['identity']:.4f} | |",
+        f"| supervised (Eq. 1) | {s['supervised']:.4f} | {pred.get('supervised', float('nan')):.4f} |",
+        f"| ByG, schedule mean | {res['expected_byg_step']:.4f} | |",
         "",
         f"Ratio full ByG / supervised: **{res['ratio_full_vs_supervised']:.2f}** measured, "
         f"{res['predicted_ratio_full_vs_supervised']:.2f} predicted by the cost model "
-        f"({100 * res['prediction_error']:+.0f}%); schedule mean / supervised {res['ratio_expected_vs_supervised']:.2f}. "
-        "The paper reports 3.0 on FLUX.1-dev with H100s (2.9 s vs 0.97 s).",
+        f"({100 * res['prediction_error']:+.0f}%); schedule mean / supervised "
+        f"{res['ratio_expected_vs_supervised']:.2f}. The paper reports 3.0 on FLUX.1-dev with "
+        "H100s (2.9 s vs 0.97 s).",
+        "",
+        "Cost model: full ≈ (k + k_clean + n_ref)·F(B) + F_base(4B) + FB(2B) + FB(B) + opt; "
+        "supervised ≈ FB(B) + opt (F: no-grad call, FB: trainable forward + backward, "
+        f"n_ref = {res['model_calls_per_full_step'].get('reference_no_grad', 0)} reference "
+        "calls of option C).",
         "",
         "| phase of a full step | seconds |",
         "|---|---|",
@@ -216,6 +382,53 @@ def write_speed_report(res: dict, out: Path) -> None:
     lines += ["", "| call | seconds |", "|---|---|"] + [
         f"| {k} | {v:.4f} |" for k, v in res["call_costs"].items()
     ]
+    if res.get("options"):
+        lines += [
+            "",
+            "## Cost options (change the method; quality from `byg bench quality`)",
+            "",
+            "R = full steps served by one rollout (amortised bootstrapping); k = rollout steps "
+            "to t. Step seconds are per full step on average (a reuse step skips the rollout); "
+            "the saving is on the schedule's mean step (identity-only steps included). Quality "
+            "Δ = overall edit success / preservation minus full ByG's, means over seeds. "
+            "Target: saving ≥ 30% with neither Δ below −0.03.",
+            "",
+            "| option | method | full step (s) | cost model (s) | saving | Δ success | "
+            "Δ preservation | target met? |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for o in res["tradeoff"]:
+            has_q = "d_success" in o
+            lines.append(
+                f"| k={o['k']}, R={o['R']} | {o['name']} | {o['full_step_seconds']:.3f} | "
+                f"{o['predicted_full_step_seconds']:.3f} | {100 * o['saving_vs_default']:.0f}% | "
+                + (
+                    f"{o['d_success']:+.3f} | {o['d_preservation']:+.3f} | "
+                    f"{'yes' if o['meets_target'] else 'no'} |"
+                    if has_q
+                    else ("– | – | (reference) |" if o["name"] == "byg" else "– | – | not run |")
+                )
+            )
+    inf = res.get("inference")
+    if inf:
+        lines += [
+            "",
+            "## Per-edit inference cost",
+            "",
+            "| method | settings | model calls | evaluations per image | seconds per image |",
+            "|---|---|---|---|---|",
+        ]
+        for m, r in inf.items():
+            lines.append(
+                f"| {m} | {r['params']} | {r['model_calls']} | {r['evaluations_per_image']:.0f} "
+                f"| {r['seconds_per_image']:.4f} |"
+            )
+        lines += [
+            "",
+            "A ByG evaluation carries the source tokens beside the noisy ones (twice the "
+            "sequence); FlowEdit and SDEdit evaluate the base with classifier-free guidance "
+            "(conditional and unconditional rows in one batched call).",
+        ]
     lines += ["", f"Peak RSS {res['peak_rss_mb']:.0f} MB."]
     for key, label in (("command", "Command"), ("machine", "Machine"), ("model", "Model")):
         if res.get(key):
@@ -223,28 +436,61 @@ def write_speed_report(res: dict, out: Path) -> None:
     (out / "speed.md").write_text("\n".join(lines) + "\n")
 
 
-def cmd_speed(args: argparse.Namespace) -> int:
-    from byg.backbones.editor import Editor
-    from byg.backbones.registry import build_backbone
+def _tuned(out: Path, method: str, default: dict) -> tuple[dict, str]:
+    """FlowEdit/SDEdit settings chosen by ``byg bench quality`` (its tuning cache), if any."""
+    path = out / "quality_cache" / f"{method}__tuning.json"
+    try:
+        return json.loads(path.read_text())["best"], f"tuned ({path})"
+    except (OSError, KeyError, json.JSONDecodeError):
+        return default, "defaults (no tuning cache)"
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    options = {} if args.shipped_base else {"config": {}}
-    editor = Editor(build_backbone("toy", options), rank=args.rank, ema_decay=0.99)
-    cfg = ByGConfig(rollout_steps=args.k)
-    res = measure_speed(editor, batch=args.batch, res=32, byg_cfg=cfg, steps=args.steps)
+
+def cmd_speed(args: argparse.Namespace) -> int:
     import os
     import platform
     import sys
 
+    from byg.backbones.editor import Editor
+    from byg.backbones.registry import build_backbone
+    from byg.bench_quality import QualitySettings, bench_config
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    run_cfg = bench_config()  # configs/toy_image.yaml: the ByG settings the demo trains with
+    byg_cfg = run_cfg.byg
+    if args.k is not None:
+        byg_cfg = dataclasses.replace(byg_cfg, rollout_steps=args.k)
+    batch = args.batch or run_cfg.train.batch_size
+    rank = args.rank or run_cfg.lora.rank
+    options = {} if args.shipped_base else {"config": {}}
+    editor = Editor(build_backbone("toy", options), rank=rank, ema_decay=0.99)
+    res = measure_speed(editor, batch=batch, res=32, byg_cfg=byg_cfg, steps=args.steps)
+    out = Path(args.out)
+    qs = QualitySettings()
+    fe, fe_src = _tuned(out, "flowedit", qs.flowedit_start)
+    sd, sd_src = _tuned(out, "sdedit", {**qs.sdedit_start, "steps": qs.sdedit_steps})
+    base = build_backbone("toy", options).eval()
+    res["inference"] = measure_inference(
+        editor,
+        base,
+        batch=batch,
+        res=32,
+        sample_steps=run_cfg.sample.steps,
+        flowedit_params=fe,
+        sdedit_params=sd,
+    )
+    res["inference_settings"] = {"flowedit": fe_src, "sdedit": sd_src}
     res["machine"] = (
         f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU core(s), "
         f"{torch.get_num_threads()} torch thread(s), no GPU used, torch {torch.__version__}"
     )
     res["command"] = "byg " + " ".join(sys.argv[1:]) if sys.argv[1:] else "byg bench speed"
     res["model"] = "shipped toy base" if args.shipped_base else "fresh default ToyBackboneConfig"
-    write_speed_report(res, Path(args.out))
-    print((Path(args.out) / "speed.md").read_text())
+    quality = None
+    if (out / "quality.json").exists():
+        quality = json.loads((out / "quality.json").read_text())
+    write_speed_report(res, out, quality)
+    print((out / "speed.md").read_text())
     return 0
 
 
@@ -257,9 +503,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "speed", help="seconds per ByG step vs a supervised step, per phase, with a cost model"
     )
     s.add_argument("--out", default="benchmarks/results", help="folder for speed.json and speed.md")
-    s.add_argument("--batch", type=int, default=8)
-    s.add_argument("--k", type=int, default=10, help="rollout steps (each side of t)")
-    s.add_argument("--rank", type=int, default=16)
+    s.add_argument("--batch", type=int, default=None, help="default: the config's (8)")
+    s.add_argument(
+        "--k", type=int, default=None, help="rollout steps to t (default: the config's, 6)"
+    )
+    s.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the config's)")
     s.add_argument("--steps", type=int, default=6, help="timed steps of each kind")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument(

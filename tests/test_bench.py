@@ -1,26 +1,79 @@
 """The speed benchmark's code on a tiny setting (not its numbers)."""
 
+import json
+
 import torch
 
 from byg.backbones.editor import Editor
-from byg.bench import measure_speed, write_speed_report
+from byg.bench import measure_inference, measure_speed, write_speed_report
 from byg.objectives.byg import ByGConfig
 
 
 def test_measure_speed_reports_every_part(tiny_backbone, tmp_path):
     editor = Editor(tiny_backbone, rank=2, ema_decay=0.9)
-    tiny_backbone.calls = 0
-    res = measure_speed(
-        editor, batch=2, res=4, byg_cfg=ByGConfig(rollout_steps=2), steps=1, warmup=0
-    )
+    cfg = ByGConfig(rollout_steps=2, rollout_clean_steps=1, direction_reference="editor")
+    res = measure_speed(editor, batch=2, res=4, byg_cfg=cfg, steps=1, warmup=0)
     assert set(res["seconds_per_step"]) == {"full", "identity", "supervised"}
+    assert set(res["seconds_per_step_options"]) == {"full_reuse", "full_k4", "full_k6", "full_k10"}
     assert all(v > 0 for v in res["seconds_per_step"].values())
-    assert res["model_calls_per_full_step"]["ema_no_grad"] == 4
+    calls = res["model_calls_per_full_step"]
+    assert calls["ema_no_grad"] == 3 and calls["reference_no_grad"] == 2
     assert {"rollout", "base_queries", "forward_edit", "reverse", "backward"} <= set(
         res["per_phase_seconds"]["full"]
     )
     assert "rollout" not in res["per_phase_seconds"]["identity"]  # identity steps skip it
+    assert "rollout" not in res["per_phase_seconds"]["full_reuse"]  # a kept rollout is reused
     assert res["predicted_ratio_full_vs_supervised"] > 1
-    write_speed_report(res, tmp_path)
-    assert "Ratio full ByG / supervised" in (tmp_path / "speed.md").read_text()
+    # options: the default, R = 2 and 4 on it, and the other k; reuse saves on the default
+    names = [o["name"] for o in res["options"]]
+    assert sorted(names) == sorted(
+        ["byg", "byg-reuse2", "byg-reuse4", "byg-k4", "byg-k6", "byg-k10"]
+    )
+    by = {o["name"]: o for o in res["options"]}
+    assert by["byg"]["saving_vs_default"] == 0
+    assert (
+        by["byg-reuse4"]["predicted_full_step_seconds"] < by["byg"]["predicted_full_step_seconds"]
+    )
+    # the trade-off takes quality deltas from a quality.json
+    quality = {
+        "methods": {
+            "byg": {
+                "summary": {
+                    "overall": {"edit_success": {"mean": 0.5}, "preservation": {"mean": 0.5}}
+                }
+            },
+            "byg-reuse2": {
+                "summary": {
+                    "overall": {
+                        "edit_success": {"mean": 0.48},
+                        "preservation": {"mean": 0.6, "n_seeds": 2},
+                    }
+                }
+            },
+        }
+    }
+    write_speed_report(res, tmp_path, quality)
+    md = (tmp_path / "speed.md").read_text()
+    assert "Ratio full ByG / supervised" in md and "Cost options" in md
+    rows = {r["name"]: r for r in json.loads((tmp_path / "speed.json").read_text())["tradeoff"]}
+    assert abs(rows["byg-reuse2"]["d_success"] + 0.02) < 1e-9
+    assert "d_success" not in rows["byg-k4"]  # not trained: no quality claim
     assert torch.isfinite(torch.tensor(res["prediction_error"]))
+
+
+def test_measure_inference_counts_model_calls(tiny_backbone):
+    from conftest import TinyBackbone
+
+    editor = Editor(tiny_backbone, rank=2, ema_decay=0.9)
+    base = TinyBackbone().eval()
+    fe = {"steps": 4, "n_max_frac": 0.5, "n_avg": 2, "guidance": [1.5, 3.5]}
+    sd = {"strength": 0.5, "steps": 4, "guidance": 3.0}
+    res = measure_inference(
+        editor, base, batch=2, res=4, sample_steps=5, flowedit_params=fe, sdedit_params=sd, reps=1
+    )
+    assert res["byg"]["model_calls"] == 5 and res["byg"]["evaluations_per_image"] == 5
+    # FlowEdit: n_max = 2 steps x n_avg 2 draws x (source, target) velocities, each CFG-batched
+    assert res["flowedit"]["model_calls"] == 8 and res["flowedit"]["evaluations_per_image"] == 16
+    # SDEdit: strength 0.5 of 4 steps = 2 steps, CFG-batched
+    assert res["sdedit"]["model_calls"] == 2 and res["sdedit"]["evaluations_per_image"] == 4
+    assert all(r["seconds_per_image"] > 0 for r in res.values())
