@@ -471,7 +471,10 @@ def target_checks(per_seed: dict[str, dict[str, dict]]) -> list[dict]:
 
 #: config fields added after ``CACHE_VERSION`` 1 with the value that leaves results as they
 #: were: left out of fingerprints at that value, so older cache entries stay valid
-NEUTRAL_FIELDS: dict[tuple[str, str], Any] = {("byg", "rollout_reuse"): 1}
+NEUTRAL_FIELDS: dict[tuple[str, str], Any] = {
+    ("byg", "rollout_reuse"): 1,
+    ("train", "init_from"): None,
+}
 
 
 def _without_neutral(run_config: dict) -> dict:

@@ -90,6 +90,9 @@ class TrainConfig:
     keep: int = 3
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     num_threads: int = 0  # torch CPU threads (0: leave torch's default)
+    # start from another run's LoRA (and EMA) weights: a run folder or checkpoint folder;
+    # fresh optimizer, schedule and step 0 (--resume continues a run instead)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:

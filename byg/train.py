@@ -219,8 +219,33 @@ def check_paths(cfg: RunConfig) -> None:
         local = isinstance(value, str) and value.startswith(("/", "./", "../", "~"))
         if local and not Path(value).expanduser().exists():
             missing.append(f"model.options.{key} {value!r}")
+    if cfg.train.init_from and not Path(cfg.train.init_from).expanduser().exists():
+        missing.append(f"train.init_from {cfg.train.init_from!r}")
     if missing:
         raise FileNotFoundError("does not exist: " + "; ".join(missing))
+
+
+def _check_same_backbone(ckpt: dict, editor) -> None:
+    saved_backbone = ckpt["state"].get("backbone")
+    this_backbone = json.loads(json.dumps(editor.backbone.describe()))
+    if saved_backbone is not None and saved_backbone != this_backbone:
+        raise TrainingError(
+            f"checkpoint {ckpt['path']} is from backbone {saved_backbone}, this run builds "
+            f"{this_backbone}"
+        )
+
+
+def _load_init(init_from: str, cfg: RunConfig, editor) -> Path:
+    """``train.init_from``: another run's LoRA and EMA weights, checked like a resume."""
+    try:
+        path = resolve_checkpoint(str(Path(init_from).expanduser()), Path(init_from))
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise TrainingError(f"train.init_from: {e}") from e
+    ckpt = load_checkpoint(path)
+    _check_compatible(ckpt["config"], cfg, objective=False)
+    _check_same_backbone(ckpt, editor)
+    editor.load_lora_state_dict(ckpt["lora"], ckpt["ema"])
+    return path
 
 
 def _resolve_resume(resume: str | None, out: Path) -> Path | None:
@@ -380,14 +405,12 @@ def train(
 
     G = world * ga * B  # global batch
     start, pos_base = 0, 0
+    if ckpt is None and tc.init_from:
+        init = _load_init(tc.init_from, cfg, editor)
+        if is_main:
+            print(f"LoRA and EMA weights from {init} (fresh optimizer, step 0)")
     if ckpt is not None:
-        saved_backbone = ckpt["state"].get("backbone")
-        this_backbone = json.loads(json.dumps(editor.backbone.describe()))
-        if saved_backbone is not None and saved_backbone != this_backbone:
-            raise TrainingError(
-                f"checkpoint {ckpt['path']} is from backbone {saved_backbone}, this run builds "
-                f"{this_backbone}"
-            )
+        _check_same_backbone(ckpt, editor)
         editor.load_lora_state_dict(ckpt["lora"], ckpt["ema"])
         if ds:  # every rank's partition is in the file; DeepSpeed picks this rank's
             opt.optimizer.load_state_dict(ckpt["optimizer"]["zero"], load_from_fp32_weights=True)
@@ -734,15 +757,19 @@ def _check_optimizer_layout(ckpt: dict, ds: bool, world: int) -> None:
         )
 
 
-def _check_compatible(saved: dict, cfg: RunConfig) -> None:
-    """Refuse a checkpoint from another backbone, LoRA layout or objective, naming it."""
+def _check_compatible(saved: dict, cfg: RunConfig, *, objective: bool = True) -> None:
+    """Refuse a checkpoint from another backbone, LoRA layout or objective, naming it.
+
+    ``objective=False`` (``train.init_from``): weights of a supervised or identity-only run
+    may start a ByG run.
+    """
     saved = saved or {}
     pairs = [
         ("model.backbone", saved.get("model", {}).get("backbone"), cfg.model.backbone),
         ("lora.rank", saved.get("lora", {}).get("rank"), cfg.lora.rank),
         ("lora.targets", saved.get("lora", {}).get("targets"), cfg.lora.targets),
         ("objective", saved.get("objective"), cfg.objective),
-    ]
+    ][: None if objective else 3]
     for name, a, b in pairs:
         if a != b:
             raise TrainingError(

@@ -107,6 +107,33 @@ def test_supervised_objective_trains(tiny_run, tmp_path):
     assert res["steps"] == 8 and all(h["kind"] == "supervised" for h in res["history"])
 
 
+def test_init_from_starts_from_another_runs_weights(tiny_run, tmp_path):
+    sup = train_mod.train(tiny_run("objective=supervised"), tmp_path / "sup", progress=False)
+    weights = sup["editor"].lora_state_dict()
+    # step 0 of the new run: the LoRA equals the supervised run's, optimizer fresh
+    cfg = tiny_run(f"train.init_from={tmp_path / 'sup'}", "train.steps=0")
+    res = train_mod.train(cfg, tmp_path / "byg", progress=False)
+    got = res["editor"].lora_state_dict()
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+    for k in weights:
+        assert torch.equal(got[k], weights[k]), k
+    # and it trains on from there as a ByG run
+    res = train_mod.train(
+        tiny_run(f"train.init_from={tmp_path / 'sup'}"), tmp_path / "b2", progress=False
+    )
+    assert res["steps"] == 8
+    with pytest.raises(train_mod.TrainingError, match="lora.rank"):
+        train_mod.train(
+            tiny_run(f"train.init_from={tmp_path / 'sup'}", "lora.rank=3"),
+            tmp_path / "c",
+            progress=False,
+        )
+    with pytest.raises(FileNotFoundError, match="train.init_from"):
+        train_mod.train(
+            tiny_run(f"train.init_from={tmp_path / 'nope'}"), tmp_path / "d", progress=False
+        )
+
+
 def test_save_is_atomic(tmp_path, monkeypatch):
     lora = {"a.lora_A.weight": torch.ones(2, 2)}
     save_checkpoint(tmp_path, 1, lora=lora, ema={}, optimizer_state={}, state={}, config={})
