@@ -25,7 +25,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{cfg.name}")
     if cfg.data.path and not Path(cfg.data.path).exists():
         raise FileNotFoundError(f"data.path {cfg.data.path!r} does not exist")
-    res = train(cfg, out, resume=args.resume, stop_after=args.max_steps)
+    hooks = []
+    if cfg.train.eval_every and cfg.data.source == "toy":  # oracle metrics → eval.jsonl
+        from byg.toy_eval import oracle_hook
+
+        hooks.append(oracle_hook(cfg))
+    res = train(cfg, out, resume=args.resume, stop_after=args.max_steps, hooks=hooks)
     if os.environ.get("RANK", "0") == "0":  # once, not once per process
         print(
             f"trained to step {res['steps']} in {res['wall_seconds']:.0f}s; checkpoints in {out / 'checkpoints'}"

@@ -21,7 +21,7 @@ import torch
 from byg.config import apply_overrides, from_dict, load_yaml
 from byg.infer import tensor_to_image
 from byg.run_config import RunConfig
-from byg.toy_eval import editor_fn, eval_dataset, evaluate, identity_fn
+from byg.toy_eval import editor_fn, eval_dataset, evaluate, identity_fn, oracle_hook
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "toy_image.yaml"
@@ -204,13 +204,8 @@ def run_demo(
     oracle = ToyOracle.load()
     n_eval = 48 if quick else 200
     sets = {s: eval_dataset(world, s, n_eval) for s in ("seen", "unseen")}
-    curve_set = eval_dataset(world, "seen", cfg.train.eval_examples, seed=20_011)
     curve: list[dict] = []
-
-    def hook(step, editor, row):
-        m = evaluate(editor_fn(editor, steps=cfg.sample.steps), curve_set, oracle)["overall"]
-        curve.append({"step": step, **{k: m[k] for k in ("edit_success", "preservation", "psnr")}})
-        return {f"eval_{k}": v for k, v in curve[-1].items() if k != "step"}
+    hook = oracle_hook(cfg, curve=curve)
 
     print(f"[demo] training ByG for {cfg.train.steps} steps (no pairs)")
     res = train(cfg, out / "byg", hooks=[hook])

@@ -66,8 +66,37 @@ def evaluate(fn: BatchEditFn, dataset, oracle, batch_size: int = 64) -> dict:
     return evaluate_edits(outs, examples, oracle)
 
 
+CURVE_SEED = 20_011  # the small held-out set scored during training
+
+
+def oracle_hook(cfg, *, n: int | None = None, curve: list[dict] | None = None):
+    """A ``byg.train`` hook scoring the editor on held-out seen toy edits with the oracle.
+
+    Returns ``hook(step, editor, row) -> {"eval_edit_success", "eval_preservation",
+    "eval_psnr"}`` (written to ``eval.jsonl`` every ``train.eval_every`` steps); each result
+    is also appended to ``curve`` when given. ``n`` defaults to ``train.eval_examples``.
+    """
+    from byg.data.toy import ToyWorldConfig
+    from byg.eval.toy_oracle import ToyOracle
+
+    world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
+    oracle = ToyOracle.load()
+    data = eval_dataset(world, "seen", n or cfg.train.eval_examples, seed=CURVE_SEED)
+
+    def hook(step, editor, row):
+        m = evaluate(editor_fn(editor, steps=cfg.sample.steps), data, oracle)["overall"]
+        point = {k: m[k] for k in ("edit_success", "preservation", "psnr")}
+        if curve is not None:
+            curve.append({"step": step, **point})
+        return {f"eval_{k}": v for k, v in point.items()}
+
+    return hook
+
+
 __all__ = [
     "BatchEditFn",
+    "CURVE_SEED",
+    "oracle_hook",
     "EVAL_SEED",
     "eval_dataset",
     "editor_fn",

@@ -29,6 +29,8 @@ TINY = [
     "byg.warmup_ratio=null",
     "byg.p_id=0.0",
     "sample.steps=2",
+    "train.eval_every=4",
+    "train.eval_examples=4",
 ]
 
 
@@ -71,6 +73,10 @@ def test_train_resume_edit_on_the_toy_world(tmp_path):
     assert "identity" in kinds and "full" in kinds  # warm-up then ByG steps
     assert (out / "checkpoints" / "step_0000004" / "lora.safetensors").exists()
     assert any((out / "previews").iterdir())
+    # oracle metrics on held-out edits, written by `byg train` itself (toy data)
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 4]  # end of each invocation
+    assert 0.0 <= evals[0]["eval_preservation"] <= 1.0 and evals[0]["eval_psnr"] > 0
 
     ex = sample_edit(np.random.default_rng(0), ToyWorldConfig(), "seen")
     src = tmp_path / "src.png"
