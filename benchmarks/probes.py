@@ -1,0 +1,186 @@
+"""Diagnostic probes behind the README's findings on the toy world (not part of CI).
+
+    python benchmarks/probes.py prior [--run RUN]         # the base's instruction signal Δ
+    python benchmarks/probes.py grads  --run runs/demo/identity_only
+    python benchmarks/probes.py rollout --run runs/bench_quality/byg__seed0__<fp>
+
+* ``prior``: for held-out seen edits, the frozen base's caption-induced shift
+  ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
+  the share of ``‖Δ‖²`` inside the pixels the true edit changes, that region's share of the
+  image, and ``cos(Δ, −(x_tgt − x_src))`` (the velocity change of the true edit), per edit
+  type and ``t``. High share and cosine = the base knows what this edit changes. With
+  ``--run``, at that run's bootstrap states ``x_t`` (its EMA rollout) instead.
+* ``grads``: gradient norm on the LoRA weights of each ByG term alone (directional, anchor,
+  cycle, identity) for one batch of 16 training tuples, with a run's weights and config.
+* ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
+  relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
+
+Each prints a Markdown table; ``--out FILE`` appends it there as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from byg.checkpoint import load_checkpoint, resolve_checkpoint
+from byg.config import from_dict
+from byg.data.toy import ToyWorldConfig
+from byg.infer import build_editor
+from byg.objectives.byg import ByGObjective
+from byg.run_config import RunConfig, load_run_config
+from byg.toy_eval import eval_dataset
+from byg.train import build_dataset, collate_batch
+
+
+def _editor(run: str | None):
+    if run is None:
+        cfg = load_run_config("configs/toy_image.yaml")
+        return cfg, build_editor(cfg)
+    ck = load_checkpoint(resolve_checkpoint(run))
+    cfg = from_dict(RunConfig, ck["config"])
+    ed = build_editor(cfg)
+    ed.load_lora_state_dict(ck["lora"], ck["ema"])
+    return cfg, ed
+
+
+@torch.no_grad()
+def probe_prior(args) -> list[str]:
+    cfg, ed = _editor(args.run)
+    ed.eval()
+    ds = eval_dataset(ToyWorldConfig(resolution=cfg.data.resolution), "seen", args.n, seed=777)
+    items = [ds[i] for i in range(len(ds))]
+    types = [ds.example(i).edit_type for i in range(len(ds))]
+    x_src = torch.stack([it["x_src"] for it in items])
+    x_tgt = torch.stack([it["x_tgt"] for it in items])
+    region = ((x_tgt - x_src).abs().amax(1, keepdim=True) > 0.05).float().expand_as(x_src)
+    eps = torch.randn(x_src.shape, generator=torch.Generator().manual_seed(0))
+    t_src = ed.encode_text([it["c_src"] for it in items])
+    t_tgt = ed.encode_text([it["c_tgt"] for it in items])
+    rows = collections.defaultdict(list)
+    if args.run:
+        batch = collate_batch(items, ed, torch.device("cpu"))
+    for t in (0.3, 0.6, 0.9):
+        tt = torch.full((len(items),), t)
+        if args.run:  # the run's own bootstrap states
+            x_t, _ = ByGObjective(cfg.byg).rollout(ed, batch, tt, eps)
+        else:
+            x_t = (1 - t) * x_src + t * eps
+        with ed.base():
+            d = ed(x_t, tt, t_tgt, None) - ed(x_t, tt, t_src, None)
+        share = (d**2 * region).flatten(1).sum(1) / (d**2).flatten(1).sum(1)
+        cos = F.cosine_similarity(d.flatten(1), -(x_tgt - x_src).flatten(1), dim=1)
+        area = region.flatten(1).mean(1)
+        for i, ty in enumerate(types):
+            rows[ty].append((t, share[i].item(), area[i].item(), cos[i].item()))
+    at = f"the bootstrap states x_t of `{args.run}`" if args.run else "the noised source"
+    out = [
+        f"Base's caption-induced shift Δ at {at} ({args.n} held-out seen edits; "
+        "share of ‖Δ‖² in the edited pixels at t = 0.3 / 0.6 / 0.9):",
+        "",
+        "| edit type | n | edited pixels | share of ‖Δ‖² there | cos(Δ, true change) |",
+        "|---|---|---|---|---|",
+    ]
+    for ty in sorted(rows):
+        r = rows[ty]
+
+        def col(j, r=r):
+            return " / ".join(
+                f"{statistics.fmean(x[j] for x in r if x[0] == t):.2f}" for t in (0.3, 0.6, 0.9)
+            )
+
+        n = len(r) // 3
+        area = statistics.fmean(x[2] for x in r)
+        out.append(f"| {ty} | {n} | {area:.2f} | {col(1)} | {col(3)} |")
+    return out
+
+
+def probe_grads(args) -> list[str]:
+    cfg, ed = _editor(args.run)
+    ds = build_dataset(cfg)
+    params = ed.lora_parameters()
+    batch = collate_batch([ds[i] for i in range(16)], ed, torch.device("cpu"))
+    variants = {
+        "directional": dict(alpha=0.0, lambda_cyc=0.0, lambda_id=0.0),
+        "anchor (α·MSE)": dict(no_directional=True, lambda_cyc=0.0, lambda_id=0.0),
+        "cycle": dict(lambda_prior=0.0, lambda_id=0.0),
+        "identity (λ_id)": dict(lambda_prior=0.0, lambda_cyc=0.0),
+        "all": dict(),
+    }
+    out = [
+        f"Gradient norm on the LoRA weights, one batch of 16, weights of `{args.run}`, "
+        f"mse_reduction `{cfg.byg.mse_reduction}`, reference `{cfg.byg.direction_reference}`:",
+        "",
+        "| term | loss | gradient norm |",
+        "|---|---|---|",
+    ]
+    for name, v in variants.items():
+        c = dataclasses.replace(cfg.byg, identity_in_full_steps=True, **v)
+        for p in params:
+            p.grad = None
+        res = ByGObjective(c).full_step(ed, batch, torch.Generator().manual_seed(0))
+        res.loss.backward()
+        norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
+        out.append(f"| {name} | {res.loss.item():.3f} | {norm.item():.3f} |")
+    return out
+
+
+@torch.no_grad()
+def probe_rollout(args) -> list[str]:
+    cfg, ed = _editor(args.run)
+    ed.eval()
+    ds = eval_dataset(ToyWorldConfig(resolution=cfg.data.resolution), "seen", args.n, seed=555)
+    b = collate_batch([ds[i] for i in range(len(ds))], ed, torch.device("cpu"))
+    obj, g = ByGObjective(cfg.byg), torch.Generator().manual_seed(0)
+
+    def norm(x):
+        return x.flatten(1).norm(dim=1)
+
+    out = [
+        f"Bootstrap rollout of `{args.run}` ({args.n} held-out seen edits; medians):",
+        "",
+        "| t | ‖x_t(rollout) − x_t(source path)‖ / ‖x_t(true edit) − x_t(source path)‖ "
+        "| ‖x_clean − x_src‖ / ‖x_tgt − x_src‖ |",
+        "|---|---|---|",
+    ]
+    for t in (0.3, 0.6, 0.9):
+        tt = torch.full((b.size,), t)
+        eps = torch.randn(b.x_src.shape, generator=g)
+        x_t, x_clean = obj.rollout(ed, b, tt, eps)
+        src = (1 - t) * b.x_src + t * eps
+        tgt = (1 - t) * b.x_tgt + t * eps
+        r1 = (norm(x_t - src) / norm(tgt - src)).median().item()
+        r2 = (norm(x_clean - b.x_src) / norm(b.x_tgt - b.x_src)).median().item()
+        out.append(f"| {t} | {r1:.2f} | {r2:.2f} |")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("probe", choices=["prior", "grads", "rollout"])
+    p.add_argument("--run", help="run folder or checkpoint (grads, rollout)")
+    p.add_argument("--n", type=int, default=160, help="held-out edits (prior, rollout)")
+    p.add_argument("--out", type=Path, help="append the table to this Markdown file")
+    args = p.parse_args(argv)
+    if args.probe in ("grads", "rollout") and not args.run:
+        p.error(f"{args.probe} needs --run")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    lines = {"prior": probe_prior, "grads": probe_grads, "rollout": probe_rollout}[args.probe](args)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(f"`python benchmarks/probes.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
