@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         with args.out.open("a") as f:
-            f.write(f"`python benchmarks/probes.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{text}\n")
+            f.write(
+                f"`python benchmarks/probes.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{text}\n"
+            )
     return 0
 
 

@@ -500,7 +500,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     bs = p.add_subparsers(dest="bench", metavar="BENCH")
     s = bs.add_parser(
-        "speed", help="seconds per ByG step vs a supervised step, per phase, with a cost model"
+        "speed",
+        help="seconds per ByG step vs a supervised step, per phase, with a cost model",
+        description=__doc__.split("\n\n", 1)[1].strip()
+        + "\n\nRecorded run: byg bench speed --shipped-base --steps 12 --out benchmarks/results",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--out", default="benchmarks/results", help="folder for speed.json and speed.md")
     s.add_argument("--batch", type=int, default=None, help="default: the config's (8)")
