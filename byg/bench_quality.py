@@ -113,6 +113,7 @@ PAPER_ABLATION: dict[str, tuple[float, float] | None] = {
     "no_identity_steps": (8.41, 7.45),
     "no_ema": None,  # not in the paper's table
 }
+NOTES_FILE = "quality_notes.md"  # hand-written findings on the ablation rows, next to quality.md
 PAPER_TOL = 0.1  # VIEScore points (of 10): smaller paper differences count as "≈"
 OURS_TOL = 0.01  # rate (of 1): smaller mean differences count as "≈"
 
@@ -1022,6 +1023,9 @@ def write_markdown(res: dict, path: Path) -> None:
                 f"{diffs} | {r['ours_direction']} | {agree} |"
             )
         lines.append("")
+        notes = path.parent / NOTES_FILE
+        if notes.exists():  # what was found when investigating the rows (written by hand)
+            lines += [f"### What we found (from `{NOTES_FILE}`)", "", notes.read_text().strip(), ""]
     if res["tuning"]:
         lines += ["## Tuned zero-shot baselines (validation split)", ""]
         for m, t in res["tuning"].items():

@@ -83,12 +83,17 @@ def test_runner_end_to_end_then_resume_reuses_the_cache(tiny_base, tmp_path):
     assert "byg bench quality" in md
     assert (out / "quality.png").stat().st_size > 10_000
 
+    assert "What we found" not in md
+    # hand-written findings next to quality.md are carried into it
+    (out / "quality_notes.md").write_text("- no_cycle: checked, agrees.\n")
+
     # a second run with one more method: the old entries come from the cache, untouched
     cache = out / "quality_cache" / "byg__seed0.json"
     before = (cache.stat().st_mtime_ns, cache.read_text())
     res2 = _run(out, tiny_base, "byg,no_cycle,sdedit,identity,identity-only")
     assert sorted(res2["computed"]) == ["identity-only__seed0", "identity-only__seed1"]
     assert (cache.stat().st_mtime_ns, cache.read_text()) == before
+    assert "- no_cycle: checked, agrees." in (out / "quality.md").read_text()
     data2 = json.loads((out / "quality.json").read_text())
     assert data2["methods"]["byg"]["seeds"] == data["methods"]["byg"]["seeds"]
     # and a changed setting invalidates exactly the entries it affects
