@@ -64,6 +64,8 @@ COST_OPTIONS: dict[str, dict[str, int]] = {
     "byg-reuse4": {"rollout_reuse": 4},
     "byg-k4": {"rollout_steps": 4},
     "byg-k10": {"rollout_steps": 10},
+    # the cheapest rollout: 2 steps to t, then x_clean in one Euler step from t
+    "byg-k2c1": {"rollout_steps": 2, "rollout_clean_steps": 1},
 }
 TRAINED: tuple[str, ...] = (
     "byg",
