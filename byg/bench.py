@@ -71,8 +71,9 @@ def _timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-#: rollout steps k timed beside the configured one (the issue's k sweep)
-K_SWEEP = (4, 6, 10)
+#: rollouts timed beside the configured one: (k steps to t, steps from t to 0; None = the
+#: config's). The issue's k sweep, and the cheapest rollout (2 + 1).
+K_SWEEP: tuple[tuple[int, int | None], ...] = ((4, None), (6, None), (10, None), (2, 1))
 #: rollout reuse R reported (amortised bootstrapping)
 R_SWEEP = (1, 2, 4)
 
@@ -98,8 +99,19 @@ def measure_speed(
     b = _batch(editor, batch, res, 0)
     byg = ByGObjective(byg_cfg)
     reuse = ByGObjective(dataclasses.replace(byg_cfg, rollout_reuse=10**9))  # always reuses
-    ks = [k for k in K_SWEEP if k != byg_cfg.rollout_steps]
-    k_objs = {k: ByGObjective(dataclasses.replace(byg_cfg, rollout_steps=k)) for k in ks}
+    ks = [
+        (k, c)
+        for k, c in K_SWEEP
+        if (k, c or byg_cfg.clean_steps) != (byg_cfg.rollout_steps, byg_cfg.clean_steps)
+    ]
+    k_objs = {
+        _kind(k, c): ByGObjective(
+            dataclasses.replace(
+                byg_cfg, rollout_steps=k, rollout_clean_steps=c or byg_cfg.clean_steps
+            )
+        )
+        for k, c in ks
+    }
     for o in (byg, reuse, *k_objs.values()):
         o.warmup_done = True  # steady state: no warm-up probes
     sup = SupervisedObjective(SupervisedConfig())
@@ -113,7 +125,7 @@ def measure_speed(
         elif kind == "full_reuse":
             out = reuse.full_step(editor, b, g, **kw)
         elif kind.startswith("full_k"):
-            out = k_objs[int(kind[6:])].full_step(editor, b, g, **kw)
+            out = k_objs[kind].full_step(editor, b, g, **kw)
         elif kind == "identity":
             out = byg.identity_step(editor, b, 10**6, g, **kw)
         else:
@@ -165,7 +177,7 @@ def measure_speed(
         return call
 
     calls = {"F(B)": f(1), "F_base(4B)": f_base(4), "FB(2B)": fb(2), "FB(B)": fb(1)}
-    kinds = ["full", "identity", "supervised", "full_reuse", *[f"full_k{k}" for k in ks]]
+    kinds = ["full", "identity", "supervised", "full_reuse", *k_objs]
     reuse.full_step(editor, b, g)  # keep one rollout for the reuse steps
     for _ in range(warmup):
         for k in kinds:
@@ -194,8 +206,8 @@ def measure_speed(
     n_ref = _n_reference(byg_cfg)
     rest = cost["F_base(4B)"] + cost["FB(2B)"] + cost["FB(B)"] + t_opt
 
-    def pred_full(k: int) -> float:  # the clean half keeps its own length unless it follows k
-        clean = byg_cfg.rollout_clean_steps or k
+    def pred_full(k: int, clean: int | None = None) -> float:
+        clean = clean or byg_cfg.rollout_clean_steps or k  # the clean half keeps its length
         return (k + clean + n_ref) * cost["F(B)"] + rest
 
     k0 = byg_cfg.rollout_steps
@@ -207,16 +219,18 @@ def measure_speed(
         return (1 - p_id) * full + p_id * med["identity"]
 
     # cost options: seconds per full step on average, and the schedule mean
-    full_of_k = {k0: med["full"], **{k: med[f"full_k{k}"] for k in ks}}
+    c0 = byg_cfg.clean_steps
+    full_of_k = {(k0, c0): med["full"], **{(k, c or c0): med[_kind(k, c)] for k, c in ks}}
     options = []
-    for k in sorted(full_of_k):
-        for r in R_SWEEP if k == k0 else (1,):
-            full = (full_of_k[k] + (r - 1) * med["full_reuse"]) / r
-            pred = (pred_full(k) + (r - 1) * pred_reuse) / r
+    for k, c in sorted(full_of_k):
+        for r in R_SWEEP if (k, c) == (k0, c0) else (1,):
+            full = (full_of_k[(k, c)] + (r - 1) * med["full_reuse"]) / r
+            pred = (pred_full(k, c) + (r - 1) * pred_reuse) / r
             options.append(
                 {
-                    "name": _option_name(k, r, k0),
+                    "name": _option_name(k, c, r, k0, c0),
                     "k": k,
+                    "clean_steps": c,
                     "R": r,
                     "full_step_seconds": full,
                     "predicted_full_step_seconds": pred,
@@ -252,11 +266,15 @@ def measure_speed(
     }
 
 
-def _option_name(k: int, r: int, k0: int) -> str:
+def _kind(k: int, clean: int | None) -> str:
+    return f"full_k{k}" if clean is None else f"full_k{k}c{clean}"
+
+
+def _option_name(k: int, clean: int, r: int, k0: int, c0: int) -> str:
     """The ``byg bench quality`` method that trains this option (``byg`` for the default)."""
-    if k == k0 and r == 1:
-        return "byg"
-    return f"byg-reuse{r}" if k == k0 else f"byg-k{k}"
+    if (k, clean) == (k0, c0):
+        return "byg" if r == 1 else f"byg-reuse{r}"
+    return f"byg-k{k}" if clean == c0 else f"byg-k{k}c{clean}"
 
 
 def measure_inference(
@@ -387,8 +405,8 @@ def write_speed_report(res: dict, out: Path, quality: dict | None = None) -> Non
             "",
             "## Cost options (change the method; quality from `byg bench quality`)",
             "",
-            "R = full steps served by one rollout (amortised bootstrapping); k = rollout steps "
-            "to t. Step seconds are per full step on average (a reuse step skips the rollout); "
+            "R = full steps served by one rollout (amortised bootstrapping); k+c = rollout steps "
+            "to t, then from t to 0 for x_clean. Step seconds are per full step on average (a reuse step skips the rollout); "
             "the saving is on the schedule's mean step (identity-only steps included). Quality "
             "Δ = overall edit success / preservation minus full ByG's, means over seeds. "
             "Target: saving ≥ 30% with neither Δ below −0.03.",
@@ -400,7 +418,7 @@ def write_speed_report(res: dict, out: Path, quality: dict | None = None) -> Non
         for o in res["tradeoff"]:
             has_q = "d_success" in o
             lines.append(
-                f"| k={o['k']}, R={o['R']} | {o['name']} | {o['full_step_seconds']:.3f} | "
+                f"| k={o['k']}+{o.get('clean_steps', '?')}, R={o['R']} | {o['name']} | {o['full_step_seconds']:.3f} | "
                 f"{o['predicted_full_step_seconds']:.3f} | {100 * o['saving_vs_default']:.0f}% | "
                 + (
                     f"{o['d_success']:+.3f} | {o['d_preservation']:+.3f} | "

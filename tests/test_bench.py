@@ -59,6 +59,21 @@ def test_measure_speed_reports_every_part(tiny_backbone, tmp_path):
     assert abs(rows["byg-reuse2"]["d_success"] + 0.02) < 1e-9
     assert "d_success" not in rows["byg-k4"]  # not trained: no quality claim
     assert torch.isfinite(torch.tensor(res["prediction_error"]))
+    # with the demo's 6 + 4 rollout, the sweep adds 4 + 4, 10 + 4 and the 2 + 1 rollout
+    cfg6 = ByGConfig(rollout_steps=6, rollout_clean_steps=4, direction_reference="editor")
+    res6 = measure_speed(editor, batch=2, res=4, byg_cfg=cfg6, steps=1, warmup=0)
+    assert set(res6["seconds_per_step_options"]) == {
+        "full_reuse",
+        "full_k4",
+        "full_k10",
+        "full_k2c1",
+    }
+    by6 = {o["name"]: o for o in res6["options"]}
+    assert set(by6) == {"byg", "byg-reuse2", "byg-reuse4", "byg-k4", "byg-k10", "byg-k2c1"}
+    assert (by6["byg-k2c1"]["k"], by6["byg-k2c1"]["clean_steps"]) == (2, 1)
+    assert by6["byg-k4"]["clean_steps"] == 4
+    k2, k6 = by6["byg-k2c1"], by6["byg"]
+    assert k2["predicted_full_step_seconds"] < k6["predicted_full_step_seconds"]
 
 
 def test_measure_inference_counts_model_calls(tiny_backbone):
