@@ -405,8 +405,9 @@ def write_speed_report(res: dict, out: Path, quality: dict | None = None) -> Non
             "",
             "## Cost options (change the method; quality from `byg bench quality`)",
             "",
-            "R = full steps served by one rollout (amortised bootstrapping); k+c = rollout steps "
-            "to t, then from t to 0 for x_clean. Step seconds are per full step on average (a reuse step skips the rollout); "
+            "R = full steps served by one rollout (amortised bootstrapping); k+c = rollout "
+            "steps to t, then from t to 0 for x_clean. Step seconds are per full step on "
+            "average (a reuse step skips the rollout); "
             "the saving is on the schedule's mean step (identity-only steps included). Quality "
             "Δ = overall edit success / preservation minus full ByG's, means over seeds. "
             "Target: saving ≥ 30% with neither Δ below −0.03.",
@@ -418,7 +419,8 @@ def write_speed_report(res: dict, out: Path, quality: dict | None = None) -> Non
         for o in res["tradeoff"]:
             has_q = "d_success" in o
             lines.append(
-                f"| k={o['k']}+{o.get('clean_steps', '?')}, R={o['R']} | {o['name']} | {o['full_step_seconds']:.3f} | "
+                f"| k={o['k']}+{o.get('clean_steps', '?')}, R={o['R']} | {o['name']} | "
+                f"{o['full_step_seconds']:.3f} | "
                 f"{o['predicted_full_step_seconds']:.3f} | {100 * o['saving_vs_default']:.0f}% | "
                 + (
                     f"{o['d_success']:+.3f} | {o['d_preservation']:+.3f} | "
@@ -521,7 +523,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "speed",
         help="seconds per ByG step vs a supervised step, per phase, with a cost model",
         description=__doc__.split("\n\n", 1)[1].strip()
-        + "\n\nRecorded run: byg bench speed --shipped-base --steps 12 --out benchmarks/results",
+        + "\n\nRecorded run: byg bench speed --shipped-base --steps 24 --out benchmarks/results",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--out", default="benchmarks/results", help="folder for speed.json and speed.md")

@@ -379,6 +379,10 @@ def train(
 
     torch.manual_seed(tc.seed)  # identical LoRA init on every rank
     editor = build_editor(cfg)
+    if ckpt is None and tc.init_from:  # before prepare: DeepSpeed copies the weights there
+        init = _load_init(tc.init_from, cfg, editor)
+        if is_main:
+            print(f"LoRA and EMA weights from {init} (fresh optimizer, step 0)")
     objective = make_objective(cfg)
     params = editor.lora_parameters()
     fsdp = is_fsdp(accelerator)  # the frozen base sharded; LoRA whole, averaged by hand
@@ -405,10 +409,6 @@ def train(
 
     G = world * ga * B  # global batch
     start, pos_base = 0, 0
-    if ckpt is None and tc.init_from:
-        init = _load_init(tc.init_from, cfg, editor)
-        if is_main:
-            print(f"LoRA and EMA weights from {init} (fresh optimizer, step 0)")
     if ckpt is not None:
         _check_same_backbone(ckpt, editor)
         editor.load_lora_state_dict(ckpt["lora"], ckpt["ema"])
