@@ -30,25 +30,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from byg.checkpoint import load_checkpoint, resolve_checkpoint
-from byg.config import from_dict
 from byg.data.toy import ToyWorldConfig
-from byg.infer import build_editor
+from byg.infer import build_editor, load_editor
 from byg.objectives.byg import ByGObjective
-from byg.run_config import RunConfig, load_run_config
+from byg.run_config import load_run_config
 from byg.toy_eval import eval_dataset
 from byg.train import build_dataset, collate_batch
 
 
 def _editor(run: str | None):
+    """``(cfg, editor)``: a run's trained editor, or the demo config's untrained one."""
     if run is None:
         cfg = load_run_config("configs/toy_image.yaml")
         return cfg, build_editor(cfg)
-    ck = load_checkpoint(resolve_checkpoint(run))
-    cfg = from_dict(RunConfig, ck["config"])
-    ed = build_editor(cfg)
-    ed.load_lora_state_dict(ck["lora"], ck["ema"])
-    return cfg, ed
+    editor, cfg = load_editor(run)
+    return cfg, editor
 
 
 @torch.no_grad()

@@ -205,7 +205,7 @@ def run_demo(
     n_eval = 48 if quick else 200
     sets = {s: eval_dataset(world, s, n_eval) for s in ("seen", "unseen")}
     curve: list[dict] = []
-    hook = oracle_hook(cfg, curve=curve)
+    hook = oracle_hook(cfg, curve=curve, oracle=oracle)
 
     print(f"[demo] training ByG for {cfg.train.steps} steps (no pairs)")
     res = train(cfg, out / "byg", hooks=[hook])

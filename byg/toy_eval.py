@@ -69,18 +69,19 @@ def evaluate(fn: BatchEditFn, dataset, oracle, batch_size: int = 64) -> dict:
 CURVE_SEED = 20_011  # the small held-out set scored during training
 
 
-def oracle_hook(cfg, *, n: int | None = None, curve: list[dict] | None = None):
+def oracle_hook(cfg, *, n: int | None = None, curve: list[dict] | None = None, oracle=None):
     """A ``byg.train`` hook scoring the editor on held-out seen toy edits with the oracle.
 
     Returns ``hook(step, editor, row) -> {"eval_edit_success", "eval_preservation",
     "eval_psnr"}`` (written to ``eval.jsonl`` every ``train.eval_every`` steps); each result
-    is also appended to ``curve`` when given. ``n`` defaults to ``train.eval_examples``.
+    is also appended to ``curve`` when given. ``n`` defaults to ``train.eval_examples``;
+    ``oracle`` to ``ToyOracle.load()``.
     """
     from byg.data.toy import ToyWorldConfig
     from byg.eval.toy_oracle import ToyOracle
 
     world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
-    oracle = ToyOracle.load()
+    oracle = oracle or ToyOracle.load()
     data = eval_dataset(world, "seen", n or cfg.train.eval_examples, seed=CURVE_SEED)
 
     def hook(step, editor, row):

@@ -768,8 +768,9 @@ def _check_compatible(saved: dict, cfg: RunConfig, *, objective: bool = True) ->
         ("model.backbone", saved.get("model", {}).get("backbone"), cfg.model.backbone),
         ("lora.rank", saved.get("lora", {}).get("rank"), cfg.lora.rank),
         ("lora.targets", saved.get("lora", {}).get("targets"), cfg.lora.targets),
-        ("objective", saved.get("objective"), cfg.objective),
-    ][: None if objective else 3]
+    ]
+    if objective:
+        pairs.append(("objective", saved.get("objective"), cfg.objective))
     for name, a, b in pairs:
         if a != b:
             raise TrainingError(

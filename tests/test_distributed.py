@@ -42,28 +42,40 @@ def _assert_same(a: dict, b: dict, atol: float = 1e-6) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=str(k))
 
 
+#: ``accelerate launch`` with 2 CPU processes; the launcher-specific flags go after it
+ACCELERATE = [
+    "accelerate.commands.launch",
+    "--num_processes=2",
+    "--num_machines=1",
+    "--mixed_precision=no",
+    "--dynamo_backend=no",
+]
+
+
+def _launch(
+    out: Path,
+    launcher: list[str],
+    overrides: list[str],
+    env: dict[str, str],
+    *,
+    extra: tuple[str, ...] = (),
+    timeout: int = 300,
+) -> None:
+    """``python -m <launcher> WORKER train`` into ``out``; fails the test with its output."""
+    if launcher[0] == "accelerate.commands.launch":
+        launcher = [*launcher, f"--main_process_port={_free_port()}"]
+    cmd = [sys.executable, "-m", *launcher, WORKER, "train", f"--out={out}"]
+    cmd += [f"--set={o}" for o in overrides] + list(extra)
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    r = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Path:
     """``accelerate launch --multi_gpu --num_processes 2`` on CPU (gloo); the run folder."""
     out = tmp_path_factory.mktemp("ddp") / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes=2",
-        "--num_machines=1",
-        "--mixed_precision=no",
-        "--dynamo_backend=no",
-        f"--main_process_port={_free_port()}",
-        WORKER,
-        "train",
-        f"--out={out}",
-        *[f"--set={o}" for o in BASE_OVERRIDES],
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BYG_FAULT_NAN_AT_STEP": NAN_STEP}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    _launch(out, ACCELERATE + ["--multi_gpu"], BASE_OVERRIDES, {"BYG_FAULT_NAN_AT_STEP": NAN_STEP})
     return out
 
 
@@ -121,25 +133,12 @@ def test_fsdp_shards_the_base_and_matches_ddp(ddp_run, tmp_path):
     drift apart and the save-time check refuses to write.
     """
     out = tmp_path / "fsdp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        WORKER,
-        "train",
-        f"--out={out}",
-        *[f"--set={o}" for o in BASE_OVERRIDES],
-    ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "BYG_TEST_FSDP_ON_CPU": "1",
-        "BYG_FAULT_NAN_AT_STEP": NAN_STEP,
-    }
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    _launch(
+        out,
+        ["torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+        BASE_OVERRIDES,
+        {"BYG_TEST_FSDP_ON_CPU": "1", "BYG_FAULT_NAN_AT_STEP": NAN_STEP},
+    )
     got = load_checkpoint(list_checkpoints(out)[-1])
     want = load_checkpoint(list_checkpoints(ddp_run)[-1])
     _assert_same(got["lora"], want["lora"])
@@ -154,27 +153,15 @@ ZERO_NAN = "6:1"  # NaN in micro-step 1 of step 6: after micro-step 0's backward
 
 def _zero2_launch(out: Path, *extra: str) -> None:
     """``accelerate launch --use_deepspeed --zero_stage 2`` with 2 CPU processes (gloo)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--use_deepspeed",
-        "--zero_stage=2",
-        "--num_processes=2",
-        "--num_machines=1",
-        "--mixed_precision=no",
-        "--dynamo_backend=no",
-        f"--main_process_port={_free_port()}",
-        WORKER,
-        "train",
-        f"--out={out}",
-        *[f"--set={o}" for o in BASE_OVERRIDES + ZERO_OVERRIDES],
-        *extra,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BYG_FAULT_NAN_AT_STEP": ZERO_NAN}
     # the first DeepSpeed launch on a machine compiles its CPU shared-memory op (~1 min)
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    _launch(
+        out,
+        ACCELERATE + ["--use_deepspeed", "--zero_stage=2"],
+        BASE_OVERRIDES + ZERO_OVERRIDES,
+        {"BYG_FAULT_NAN_AT_STEP": ZERO_NAN},
+        extra=extra,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
