@@ -3,6 +3,7 @@
     python benchmarks/probes.py prior [--run RUN]         # the base's instruction signal Δ
     python benchmarks/probes.py grads  --run runs/demo/identity_only
     python benchmarks/probes.py rollout --run runs/bench_quality/byg__seed0__<fp>
+    python benchmarks/probes.py samples --png base_samples.png
 
 * ``prior``: for held-out seen edits, the frozen base's caption-induced shift
   ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
@@ -12,6 +13,9 @@
   ``--run``, at that run's bootstrap states ``x_t`` (its EMA rollout) instead.
 * ``grads``: gradient norm on the LoRA weights of each ByG term alone (directional, anchor,
   cycle, identity) for one batch of 16 training tuples, with a run's weights and config.
+* ``samples``: the base's own samples (no guidance at 20 and 100 Euler steps, CFG 2.0 at
+  30) for the source captions of 8 held-out colour edits, beside the true renders, as a
+  PNG grid (``--png``, default ``base_samples.png``).
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 
@@ -158,18 +162,48 @@ def probe_rollout(args) -> list[str]:
     return out
 
 
+@torch.no_grad()
+def probe_samples(args) -> list[str]:
+    from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
+    from byg.infer import tensor_to_image
+    from byg.pretrain import generate
+
+    base = load_toy_backbone(SHIPPED_BASE).eval()
+    ds = eval_dataset(ToyWorldConfig(resolution=base.config.image_size), "seen", 200, seed=777)
+    idx = [i for i in range(len(ds)) if ds.example(i).edit_type == "colour"][:8]
+    caps = [ds[i]["c_src"] for i in idx]
+    settings = ((1.0, 20), (1.0, 100), (2.0, 30))  # (CFG scale, Euler steps)
+    cols = [generate(base, caps, steps=n, cfg_scale=g, seed=0) for g, n in settings]
+    cols.append(torch.stack([ds[i]["x_src"] for i in idx]).clamp(-1, 1))
+    rows = torch.stack(cols, 1)  # (n, cols, 3, H, W)
+    n, c, ch, h, w = rows.shape
+    grid = tensor_to_image(rows.permute(2, 0, 3, 1, 4).reshape(ch, n * h, c * w))
+    grid.resize((c * w * 4, n * h * 4), 0).save(args.png)
+    return [
+        f"Wrote `{args.png}`: the shipped base's samples for {n} captions, columns "
+        "no guidance / 20 steps, no guidance / 100 steps, CFG 2.0 / 30 steps, true render.",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("probe", choices=["prior", "grads", "rollout"])
+    p.add_argument("probe", choices=["prior", "grads", "rollout", "samples"])
     p.add_argument("--run", help="run folder or checkpoint (grads, rollout)")
     p.add_argument("--n", type=int, default=160, help="held-out edits (prior, rollout)")
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
+    p.add_argument("--png", type=Path, default=Path("base_samples.png"), help="samples grid")
     args = p.parse_args(argv)
     if args.probe in ("grads", "rollout") and not args.run:
         p.error(f"{args.probe} needs --run")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    lines = {"prior": probe_prior, "grads": probe_grads, "rollout": probe_rollout}[args.probe](args)
+    probes = {
+        "prior": probe_prior,
+        "grads": probe_grads,
+        "rollout": probe_rollout,
+        "samples": probe_samples,
+    }
+    lines = probes[args.probe](args)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
