@@ -3,7 +3,9 @@
     python benchmarks/probes.py prior [--run RUN]         # the base's instruction signal Δ
     python benchmarks/probes.py grads  --run runs/demo/identity_only
     python benchmarks/probes.py rollout --run runs/bench_quality/byg__seed0__<fp>
-    python benchmarks/probes.py samples --png base_samples.png
+    python benchmarks/probes.py samples --png base_samples.png [--base DIR]
+    python benchmarks/probes.py words [--base DIR]         # does the base listen to each word?
+    python benchmarks/probes.py trajectory [--base DIR] --png trajectory.png
 
 * ``prior``: for held-out seen edits, the frozen base's caption-induced shift
   ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
@@ -16,6 +18,15 @@
 * ``samples``: the base's own samples (no guidance at 20 and 100 Euler steps, CFG 2.0 at
   30) for the source captions of 8 held-out colour edits, beside the true renders, as a
   PNG grid (``--png``, default ``base_samples.png``).
+* ``words``: for 64 held-out scenes and each attribute, the scene with that attribute set to
+  another value, both captioned with the same phrasing, and the true renders of both noised
+  with the same ``ε`` (the original's ``x_t``): the base's one-step prediction
+  ``x̂_0 = x_t − t·B(x_t, t, c)`` under the two captions, and the ratio
+  ``‖x̂_0(c') − x̂_0(c)‖ / ‖render(s') − render(s)‖``: 1 = the word moves the prediction
+  as much as it changes the image, 0 = the base ignores the word. Per attribute and ``t``.
+* ``trajectory``: the one-step prediction ``x̂_0 = x − t·v`` every 3rd step of a 30-step
+  CFG-2.0 Euler sampling from pure noise, for three captions that differ in the shape word
+  only (a PNG grid, one row per caption): where along ``t`` the layout is decided.
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 
@@ -168,7 +179,7 @@ def probe_samples(args) -> list[str]:
     from byg.infer import tensor_to_image
     from byg.pretrain import generate
 
-    base = load_toy_backbone(SHIPPED_BASE).eval()
+    base = load_toy_backbone(args.base or SHIPPED_BASE).eval()
     ds = eval_dataset(ToyWorldConfig(resolution=base.config.image_size), "seen", 200, seed=777)
     idx = [i for i in range(len(ds)) if ds.example(i).edit_type == "colour"][:8]
     caps = [ds[i]["c_src"] for i in idx]
@@ -180,18 +191,118 @@ def probe_samples(args) -> list[str]:
     grid = tensor_to_image(rows.permute(2, 0, 3, 1, 4).reshape(ch, n * h, c * w))
     grid.resize((c * w * 4, n * h * 4), 0).save(args.png)
     return [
-        f"Wrote `{args.png}`: the shipped base's samples for {n} captions, columns "
+        f"Wrote `{args.png}`: the base's samples for {n} captions, columns "
         "no guidance / 20 steps, no guidance / 100 steps, CFG 2.0 / 30 steps, true render.",
     ]
 
 
+@torch.no_grad()
+def probe_trajectory(args) -> list[str]:
+    from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
+    from byg.guidance import cfg_velocity
+    from byg.infer import tensor_to_image
+
+    base = load_toy_backbone(args.base or SHIPPED_BASE).eval()
+    shapes = ("circle", "cross", "square")
+    caps = [f"a large solid red {s} on blue in filled style" for s in shapes]
+    v = cfg_velocity(base, base.encode_text(caps), base.encode_text([""] * len(caps)), 2.0)
+    size = base.config.image_size
+    x = torch.randn(len(caps), 3, size, size, generator=torch.Generator().manual_seed(0))
+    ts, snaps = torch.linspace(1, 0, 31), []
+    for i in range(30):
+        t = float(ts[i])
+        vel = v(x, torch.full((len(caps),), t))
+        if i % 3 == 0:
+            snaps.append((x - t * vel).clamp(-1, 1))
+        x = x + (ts[i + 1] - t) * vel
+    snaps.append(x.clamp(-1, 1))
+    rows = torch.stack(snaps, 1)  # (captions, snapshots, 3, H, W)
+    n, c, ch, h, w = rows.shape
+    grid = tensor_to_image(rows.permute(2, 0, 3, 1, 4).reshape(ch, n * h, c * w))
+    grid.resize((c * w * 4, n * h * 4), 0).save(args.png)
+    return [
+        f"Wrote `{args.png}`: x̂_0 at t = 1.0, 0.9, ..., 0.1 and the final sample (columns) "
+        f"for {', '.join(repr(c) for c in caps)} (rows)."
+    ]
+
+
+@torch.no_grad()
+def probe_words(args) -> list[str]:
+    import numpy as np
+
+    from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
+    from byg.data import toy
+
+    base = load_toy_backbone(args.base or SHIPPED_BASE).eval()
+    world = ToyWorldConfig(resolution=base.config.image_size)
+    rng = np.random.default_rng(777)
+    scenes = [toy.sample_scene(rng, world) for _ in range(64)]
+    values = {
+        "shape": toy.SHAPES,
+        "colour": toy.COLOURS,
+        "size": toy.SIZES,
+        "texture": toy.TEXTURES,
+        "background": toy.BACKGROUNDS,
+    }
+    ts = (0.9, 0.6, 0.3)
+    out = [
+        f"Base `{args.base or 'shipped'}`: how far swapping one caption word moves the base's "
+        f"one-step prediction, relative to the true change of the render (64 scenes).",
+        "",
+        "| attribute | " + " | ".join(f"t = {t}" for t in ts) + " |",
+        "|---|" + "---|" * len(ts),
+    ]
+    for attr, vals in values.items():
+        src, alt = [], []
+        for sc in scenes:
+            others = [v for v in vals if v != getattr(sc, attr)]
+            try:  # the world's own checks (object colour != background, ...) apply
+                new = dataclasses.replace(sc, **{attr: others[int(rng.integers(len(others)))]})
+            except ValueError:
+                continue
+            src.append(sc)
+            alt.append(new)
+        x0 = torch.stack([toy.to_tensor(toy.render(sc, world)) for sc in src])
+        x1 = torch.stack([toy.to_tensor(toy.render(sc, world)) for sc in alt])
+        phrasing = np.random.default_rng(1)
+        caps = []
+        for a, b in zip(src, alt):
+            state = phrasing.bit_generator.state  # same phrasing for both captions
+            ca = toy.caption(a, phrasing)
+            phrasing.bit_generator.state = state
+            caps.append((ca, toy.caption(b, phrasing)))
+        c_a = base.encode_text([c for c, _ in caps])
+        c_b = base.encode_text([c for _, c in caps])
+        true = (x1 - x0).flatten(1).norm(dim=1)
+        row = []
+        for t in ts:
+            eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+            x_t = (1 - t) * x0 + t * eps
+            tt = torch.full((len(src),), t)
+            pa = x_t - t * base(x_t, tt, c_a)
+            pb = x_t - t * base(x_t, tt, c_b)
+            ratio = (pb - pa).flatten(1).norm(dim=1) / true.clamp_min(1e-6)
+            row.append(f"{ratio.median().item():.2f}")
+        out.append(f"| {attr} | " + " | ".join(row) + " |")
+    out.append("")
+    out.append("(median over scenes of ‖x̂_0(c') − x̂_0(c)‖ / ‖render(s') − render(s)‖)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("probe", choices=["prior", "grads", "rollout", "samples"])
+    p.add_argument("probe", choices=["prior", "grads", "rollout", "samples", "words", "trajectory"])
     p.add_argument("--run", help="run folder or checkpoint (grads, rollout)")
     p.add_argument("--n", type=int, default=160, help="held-out edits (prior, rollout)")
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
-    p.add_argument("--png", type=Path, default=Path("base_samples.png"), help="samples grid")
+    p.add_argument(
+        "--base",
+        type=Path,
+        help="toy base folder (samples, words, trajectory; default: the shipped one)",
+    )
+    p.add_argument(
+        "--png", type=Path, default=Path("base_samples.png"), help="PNG (samples, trajectory)"
+    )
     args = p.parse_args(argv)
     if args.probe in ("grads", "rollout") and not args.run:
         p.error(f"{args.probe} needs --run")
@@ -202,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         "grads": probe_grads,
         "rollout": probe_rollout,
         "samples": probe_samples,
+        "words": probe_words,
+        "trajectory": probe_trajectory,
     }
     lines = probes[args.probe](args)
     text = "\n".join(lines) + "\n"

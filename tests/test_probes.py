@@ -34,3 +34,29 @@ def test_run_probes_need_a_run():
     probes = _load()
     with pytest.raises(SystemExit):
         probes.main(["grads"])
+
+
+def test_words_probe_reports_each_attribute_and_t(tmp_path):
+    probes = _load()
+    out = tmp_path / "words.md"
+    assert probes.main(["words", "--out", str(out)]) == 0
+    rows = {
+        cells[0]: [float(x) for x in cells[1:]]
+        for line in out.read_text().splitlines()
+        if line.startswith("| ") and "attribute" not in line
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert sorted(rows) == ["background", "colour", "shape", "size", "texture"]
+    assert all(len(r) == 3 and all(x >= 0 for x in r) for r in rows.values())
+    # the shipped base follows background words at high noise (its caption accuracy >= 0.8)
+    assert rows["background"][0] > 0.3
+
+
+def test_trajectory_probe_writes_one_row_per_caption(tmp_path):
+    from PIL import Image
+
+    probes = _load()
+    png = tmp_path / "traj.png"
+    assert probes.main(["trajectory", "--png", str(png)]) == 0
+    w, h = Image.open(png).size
+    assert (w, h) == (11 * 32 * 4, 3 * 32 * 4)  # 10 snapshots + the sample, 3 captions

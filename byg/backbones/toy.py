@@ -111,6 +111,13 @@ class ToyBackboneConfig:
             With RoPE a condition token at the same position as a noisy token sits at
             relative offset 0 from it, like the token itself: the copy path is an attention
             pattern the base already uses, which LoRA learns in a few hundred steps.
+        prediction: what the network's head outputs. ``"velocity"``: ``v`` itself.
+            ``"sample"``: the clean image ``x̂_0``, turned into the velocity
+            ``v = (x_t - x̂_0) / max(t, sample_t_min)`` (METHOD.md §1 inverted), so the
+            interface and every loss stay in velocity space. In pixel space a small network
+            draws a clean image more easily than noise-shaped velocity, and an editor copies
+            the source by passing the condition tokens through.
+        sample_t_min: the floor on ``t`` in that division (``prediction: sample`` only).
         vocab: tokenizer words (without specials); ``None`` = the toy world's vocabulary.
     """
 
@@ -130,6 +137,8 @@ class ToyBackboneConfig:
     type_init_std: float = 0.5
     pos_embed: Literal["sincos", "rope"] = "sincos"
     skips: bool = True
+    prediction: Literal["velocity", "sample"] = "velocity"
+    sample_t_min: float = 0.05
     vocab: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -170,6 +179,10 @@ class ToyBackboneConfig:
             )
         if self.type_init_std < 0:
             raise ValueError(f"type_init_std must be >= 0, got {self.type_init_std}")
+        if self.prediction not in ("velocity", "sample"):
+            raise ValueError(f"prediction must be 'velocity' or 'sample', got {self.prediction!r}")
+        if not 0 < self.sample_t_min < 1:
+            raise ValueError(f"sample_t_min must be in (0, 1), got {self.sample_t_min}")
         if self.vocab is not None:
             bad = [w for w in self.vocab if split_words(w) != [w]]
             if bad:
@@ -569,7 +582,11 @@ class ToyBackbone(Backbone):
             h = up(h, skip if self.config.skips else None, c_x)
         h = torch.cat([h, skips[0]], 1) if self.config.skips else h
         h = self.head_conv(F.silu(self.head_norm(h)))
-        return self.head_out(F.silu(h))
+        out = self.head_out(F.silu(h))
+        if self.config.prediction == "sample":  # out is x̂_0: v = (x_t - x̂_0) / t
+            t_div = t.to(out.dtype).clamp_min(self.config.sample_t_min).view(-1, 1, 1, 1)
+            return (x_t - out) / t_div
+        return out
 
 
 # ----------------------------------------------------------------------------- loading

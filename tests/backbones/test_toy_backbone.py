@@ -218,6 +218,29 @@ def test_editor_with_zero_lora_equals_backbone_and_lora_reaches_cond_path(layout
             torch.testing.assert_close(editor(x, t, text, cond), ref_cond, rtol=0, atol=0)
 
 
+def test_sample_prediction_returns_the_velocity_of_its_clean_image():
+    """``prediction: sample``: the head's output is x̂_0 and forward returns the velocity
+    whose one-step prediction ``x_t - t v`` is exactly that x̂_0 (t floored at sample_t_min);
+    the same weights under ``prediction: velocity`` return the head's output itself."""
+    model = _tiny(prediction="sample", sample_t_min=0.1, **SHIPPED_LAYOUT)
+    as_velocity = ToyBackbone(dataclasses.replace(model.config, prediction="velocity")).eval()
+    as_velocity.load_state_dict(model.state_dict())
+    x, _, text, cond = _inputs(model)
+    t = torch.tensor([0.7, 0.3, 0.02])
+    with torch.no_grad():
+        for c in (None, cond):
+            x0_hat = as_velocity(x, t, text, c)
+            v = model(x, t, text, c)
+            floor = t.clamp_min(0.1).view(-1, 1, 1, 1)
+            torch.testing.assert_close(x - floor * v, x0_hat)
+            # at t >= sample_t_min the METHOD.md §1 one-step prediction recovers x̂_0
+            torch.testing.assert_close((x - t.view(-1, 1, 1, 1) * v)[:2], x0_hat[:2])
+    with pytest.raises(ConfigError, match="prediction"):
+        from_dict(ToyBackboneConfig, {"prediction": "eps"})
+    with pytest.raises(ValueError, match="sample_t_min"):
+        ToyBackboneConfig(sample_t_min=0.0)
+
+
 def test_tokenizer_unknown_words_empty_prompt_and_limits():
     model = _tiny()
     tok = model.tokenizer
