@@ -173,10 +173,18 @@ def probe_rollout(args) -> list[str]:
     return out
 
 
+def _save_grid(rows: torch.Tensor, png: Path) -> None:
+    """``rows [R, C, 3, H, W]`` in ``[-1, 1]`` as an R x C image grid, 4x nearest upscaled."""
+    from byg.infer import tensor_to_image
+
+    n, c, ch, h, w = rows.shape
+    grid = tensor_to_image(rows.permute(2, 0, 3, 1, 4).reshape(ch, n * h, c * w))
+    grid.resize((c * w * 4, n * h * 4), 0).save(png)
+
+
 @torch.no_grad()
 def probe_samples(args) -> list[str]:
     from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
-    from byg.infer import tensor_to_image
     from byg.pretrain import generate
 
     base = load_toy_backbone(args.base or SHIPPED_BASE).eval()
@@ -186,12 +194,9 @@ def probe_samples(args) -> list[str]:
     settings = ((1.0, 20), (1.0, 100), (2.0, 30))  # (CFG scale, Euler steps)
     cols = [generate(base, caps, steps=n, cfg_scale=g, seed=0) for g, n in settings]
     cols.append(torch.stack([ds[i]["x_src"] for i in idx]).clamp(-1, 1))
-    rows = torch.stack(cols, 1)  # (n, cols, 3, H, W)
-    n, c, ch, h, w = rows.shape
-    grid = tensor_to_image(rows.permute(2, 0, 3, 1, 4).reshape(ch, n * h, c * w))
-    grid.resize((c * w * 4, n * h * 4), 0).save(args.png)
+    _save_grid(torch.stack(cols, 1), args.png)  # (captions, columns, 3, H, W)
     return [
-        f"Wrote `{args.png}`: the base's samples for {n} captions, columns "
+        f"Wrote `{args.png}`: the base's samples for {len(caps)} captions, columns "
         "no guidance / 20 steps, no guidance / 100 steps, CFG 2.0 / 30 steps, true render.",
     ]
 
@@ -200,7 +205,6 @@ def probe_samples(args) -> list[str]:
 def probe_trajectory(args) -> list[str]:
     from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
     from byg.guidance import cfg_velocity
-    from byg.infer import tensor_to_image
 
     base = load_toy_backbone(args.base or SHIPPED_BASE).eval()
     shapes = ("circle", "cross", "square")
@@ -216,10 +220,7 @@ def probe_trajectory(args) -> list[str]:
             snaps.append((x - t * vel).clamp(-1, 1))
         x = x + (ts[i + 1] - t) * vel
     snaps.append(x.clamp(-1, 1))
-    rows = torch.stack(snaps, 1)  # (captions, snapshots, 3, H, W)
-    n, c, ch, h, w = rows.shape
-    grid = tensor_to_image(rows.permute(2, 0, 3, 1, 4).reshape(ch, n * h, c * w))
-    grid.resize((c * w * 4, n * h * 4), 0).save(args.png)
+    _save_grid(torch.stack(snaps, 1), args.png)  # (captions, snapshots, 3, H, W)
     return [
         f"Wrote `{args.png}`: x̂_0 at t = 1.0, 0.9, ..., 0.1 and the final sample (columns) "
         f"for {', '.join(repr(c) for c in caps)} (rows)."
