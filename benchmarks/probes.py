@@ -173,6 +173,13 @@ def probe_rollout(args) -> list[str]:
     return out
 
 
+def _base(args):
+    """The toy base of ``--base`` (default: the shipped one), in eval mode."""
+    from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
+
+    return load_toy_backbone(args.base or SHIPPED_BASE).eval()
+
+
 def _save_grid(rows: torch.Tensor, png: Path) -> None:
     """``rows [R, C, 3, H, W]`` in ``[-1, 1]`` as an R x C image grid, 4x nearest upscaled."""
     from byg.infer import tensor_to_image
@@ -184,10 +191,9 @@ def _save_grid(rows: torch.Tensor, png: Path) -> None:
 
 @torch.no_grad()
 def probe_samples(args) -> list[str]:
-    from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
     from byg.pretrain import generate
 
-    base = load_toy_backbone(args.base or SHIPPED_BASE).eval()
+    base = _base(args)
     ds = eval_dataset(ToyWorldConfig(resolution=base.config.image_size), "seen", 200, seed=777)
     idx = [i for i in range(len(ds)) if ds.example(i).edit_type == "colour"][:8]
     caps = [ds[i]["c_src"] for i in idx]
@@ -203,10 +209,9 @@ def probe_samples(args) -> list[str]:
 
 @torch.no_grad()
 def probe_trajectory(args) -> list[str]:
-    from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
     from byg.guidance import cfg_velocity
 
-    base = load_toy_backbone(args.base or SHIPPED_BASE).eval()
+    base = _base(args)
     shapes = ("circle", "cross", "square")
     caps = [f"a large solid red {s} on blue in filled style" for s in shapes]
     v = cfg_velocity(base, base.encode_text(caps), base.encode_text([""] * len(caps)), 2.0)
@@ -231,10 +236,9 @@ def probe_trajectory(args) -> list[str]:
 def probe_words(args) -> list[str]:
     import numpy as np
 
-    from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
     from byg.data import toy
 
-    base = load_toy_backbone(args.base or SHIPPED_BASE).eval()
+    base = _base(args)
     world = ToyWorldConfig(resolution=base.config.image_size)
     rng = np.random.default_rng(777)
     scenes = [toy.sample_scene(rng, world) for _ in range(64)]
@@ -275,9 +279,9 @@ def probe_words(args) -> list[str]:
         c_a = base.encode_text([c for c, _ in caps])
         c_b = base.encode_text([c for _, c in caps])
         true = (x1 - x0).flatten(1).norm(dim=1)
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
         row = []
         for t in ts:
-            eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
             x_t = (1 - t) * x0 + t * eps
             tt = torch.full((len(src),), t)
             pa = x_t - t * base(x_t, tt, c_a)

@@ -99,19 +99,20 @@ def measure_speed(
     b = _batch(editor, batch, res, 0)
     byg = ByGObjective(byg_cfg)
     reuse = ByGObjective(dataclasses.replace(byg_cfg, rollout_reuse=10**9))  # always reuses
-    ks = [
-        (k, c)
-        for k, c in K_SWEEP
-        if (k, c or byg_cfg.clean_steps) != (byg_cfg.rollout_steps, byg_cfg.clean_steps)
-    ]
-    k_objs = {
-        _kind(k, c): ByGObjective(
+    k0, c0 = byg_cfg.rollout_steps, byg_cfg.clean_steps
+    # the sweep's rollouts configured as `byg bench quality` trains them: an unset clean
+    # length keeps the config's own (which follows k when the config leaves it unset)
+    k_objs = {}
+    for k, c in K_SWEEP:
+        o = ByGObjective(
             dataclasses.replace(
-                byg_cfg, rollout_steps=k, rollout_clean_steps=c or byg_cfg.clean_steps
+                byg_cfg,
+                rollout_steps=k,
+                rollout_clean_steps=byg_cfg.rollout_clean_steps if c is None else c,
             )
         )
-        for k, c in ks
-    }
+        if (k, o.cfg.clean_steps) != (k0, c0):
+            k_objs[_kind(k, c)] = o
     for o in (byg, reuse, *k_objs.values()):
         o.warmup_done = True  # steady state: no warm-up probes
     sup = SupervisedObjective(SupervisedConfig())
@@ -206,11 +207,9 @@ def measure_speed(
     n_ref = _n_reference(byg_cfg)
     rest = cost["F_base(4B)"] + cost["FB(2B)"] + cost["FB(B)"] + t_opt
 
-    def pred_full(k: int, clean: int | None = None) -> float:
-        clean = clean or byg_cfg.rollout_clean_steps or k  # the clean half keeps its length
+    def pred_full(k: int, clean: int) -> float:
         return (k + clean + n_ref) * cost["F(B)"] + rest
 
-    k0 = byg_cfg.rollout_steps
     pred_sup = cost["FB(B)"] + t_opt
     pred_reuse = n_ref * cost["F(B)"] + rest
     p_id = byg_cfg.eff_p_id
@@ -219,16 +218,16 @@ def measure_speed(
         return (1 - p_id) * full + p_id * med["identity"]
 
     # cost options: seconds per full step on average, and the schedule mean
-    c0 = byg_cfg.clean_steps
-    full_of_k = {(k0, c0): med["full"], **{(k, c or c0): med[_kind(k, c)] for k, c in ks}}
+    rollouts = [("full", k0, c0)]
+    rollouts += [(kind, o.cfg.rollout_steps, o.cfg.clean_steps) for kind, o in k_objs.items()]
     options = []
-    for k, c in sorted(full_of_k):
-        for r in R_SWEEP if (k, c) == (k0, c0) else (1,):
-            full = (full_of_k[(k, c)] + (r - 1) * med["full_reuse"]) / r
+    for kind, k, c in sorted(rollouts, key=lambda r: r[1:]):
+        for r in R_SWEEP if kind == "full" else (1,):
+            full = (med[kind] + (r - 1) * med["full_reuse"]) / r
             pred = (pred_full(k, c) + (r - 1) * pred_reuse) / r
             options.append(
                 {
-                    "name": _option_name(k, c, r, k0, c0),
+                    "name": _option_name(kind, r),
                     "k": k,
                     "clean_steps": c,
                     "R": r,
@@ -242,7 +241,7 @@ def measure_speed(
         "batch": batch,
         "resolution": res,
         "rollout_steps": k0,
-        "clean_steps": byg_cfg.clean_steps,
+        "clean_steps": c0,
         "direction_reference": byg_cfg.direction_reference,
         "p_id": p_id,
         "seconds_per_step": {k: med[k] for k in ("full", "identity", "supervised")},
@@ -251,16 +250,20 @@ def measure_speed(
         "ratio_full_vs_supervised": med["full"] / med["supervised"],
         "ratio_expected_vs_supervised": mean_step(med["full"]) / med["supervised"],
         "model_calls_per_full_step": {
-            "ema_no_grad": k0 + byg_cfg.clean_steps,
+            "ema_no_grad": k0 + c0,
             "reference_no_grad": n_ref,
             "base_no_grad_batched": 1,
             "trainable": 2,
         },
         "per_phase_seconds": per_phase,
         "call_costs": cost,
-        "predicted_seconds": {"full": pred_full(k0), "supervised": pred_sup, "reuse": pred_reuse},
-        "predicted_ratio_full_vs_supervised": pred_full(k0) / pred_sup,
-        "prediction_error": (med["full"] / med["supervised"]) / (pred_full(k0) / pred_sup) - 1,
+        "predicted_seconds": {
+            "full": pred_full(k0, c0),
+            "supervised": pred_sup,
+            "reuse": pred_reuse,
+        },
+        "predicted_ratio_full_vs_supervised": pred_full(k0, c0) / pred_sup,
+        "prediction_error": (med["full"] / med["supervised"]) / (pred_full(k0, c0) / pred_sup) - 1,
         "options": options,
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -270,11 +273,12 @@ def _kind(k: int, clean: int | None) -> str:
     return f"full_k{k}" if clean is None else f"full_k{k}c{clean}"
 
 
-def _option_name(k: int, clean: int, r: int, k0: int, c0: int) -> str:
-    """The ``byg bench quality`` method that trains this option (``byg`` for the default)."""
-    if (k, clean) == (k0, c0):
+def _option_name(kind: str, r: int) -> str:
+    """The ``byg bench quality`` method that trains this option (``byg`` for the default):
+    ``full`` -> ``byg`` / ``byg-reuse{r}``, ``full_k4`` -> ``byg-k4``, ``full_k2c1`` -> ``byg-k2c1``."""
+    if kind == "full":
         return "byg" if r == 1 else f"byg-reuse{r}"
-    return f"byg-k{k}" if clean == c0 else f"byg-k{k}c{clean}"
+    return "byg-" + kind.removeprefix("full_")
 
 
 def measure_inference(

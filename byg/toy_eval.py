@@ -81,7 +81,7 @@ def oracle_hook(cfg, *, n: int | None = None, curve: list[dict] | None = None, o
     from byg.eval.toy_oracle import ToyOracle
 
     world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
-    oracle = oracle or ToyOracle.load()
+    oracle = ToyOracle.load() if oracle is None else oracle
     data = eval_dataset(world, "seen", n or cfg.train.eval_examples, seed=CURVE_SEED)
 
     def hook(step, editor, row):

@@ -74,6 +74,21 @@ def test_measure_speed_reports_every_part(tiny_backbone, tmp_path):
     assert by6["byg-k4"]["clean_steps"] == 4
     k2, k6 = by6["byg-k2c1"], by6["byg"]
     assert k2["predicted_full_step_seconds"] < k6["predicted_full_step_seconds"]
+    # a config that leaves the clean length unset: the swept k keep following k, as the
+    # `byg-k4` / `byg-k10` methods of `byg bench quality` train them
+    cfg_follow = ByGConfig(rollout_steps=6, direction_reference="editor")
+    by_f = {
+        o["name"]: o
+        for o in measure_speed(editor, batch=2, res=4, byg_cfg=cfg_follow, steps=1, warmup=0)[
+            "options"
+        ]
+    }
+    assert {n: (o["k"], o["clean_steps"]) for n, o in by_f.items() if n.startswith("byg-k")} == {
+        "byg-k4": (4, 4),
+        "byg-k10": (10, 10),
+        "byg-k2c1": (2, 1),
+    }
+    assert by_f["byg"]["clean_steps"] == 6
 
 
 def test_measure_inference_counts_model_calls(tiny_backbone):
