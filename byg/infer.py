@@ -34,6 +34,7 @@ def build_editor(cfg: RunConfig) -> Editor:
         targets=cfg.lora.targets,
         ema_decay=cfg.ema_decay,
         dropout=cfg.lora.dropout,
+        rank_pattern=cfg.lora.rank_pattern,
     )
 
 

@@ -30,10 +30,17 @@ class LoraSettings:
     alpha: float | None = None  # None: alpha = rank (scale 1)
     targets: list[str] | None = None  # None: the backbone's defaults
     dropout: float = 0.0
+    # per-target ranks (peft's rank_pattern: module name suffix or regex -> rank), e.g.
+    # {cond_add_proj: 96} for a full-rank condition projection; each keeps scale 1 when
+    # alpha is None
+    rank_pattern: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
+        bad = {k: v for k, v in self.rank_pattern.items() if not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"rank_pattern ranks must be integers >= 1, got {bad}")
 
 
 @dataclass

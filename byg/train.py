@@ -768,6 +768,7 @@ def _check_compatible(saved: dict, cfg: RunConfig, *, objective: bool = True) ->
         ("model.backbone", saved.get("model", {}).get("backbone"), cfg.model.backbone),
         ("lora.rank", saved.get("lora", {}).get("rank"), cfg.lora.rank),
         ("lora.targets", saved.get("lora", {}).get("targets"), cfg.lora.targets),
+        ("lora.rank_pattern", saved.get("lora", {}).get("rank_pattern", {}), cfg.lora.rank_pattern),
     ]
     if objective:
         pairs.append(("objective", saved.get("objective"), cfg.objective))

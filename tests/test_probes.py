@@ -60,3 +60,19 @@ def test_trajectory_probe_writes_one_row_per_caption(tmp_path):
     assert probes.main(["trajectory", "--png", str(png)]) == 0
     w, h = Image.open(png).size
     assert (w, h) == (11 * 32 * 4, 3 * 32 * 4)  # 10 snapshots + the sample, 3 captions
+
+
+def test_denoise_probe_reports_each_attribute_per_t(tmp_path):
+    probes = _load()
+    out = tmp_path / "denoise.md"
+    assert probes.main(["denoise", "--n", "12", "--out", str(out)]) == 0
+    rows = {
+        float(cells[0]): [float(x) for x in cells[1:]]
+        for line in out.read_text().splitlines()
+        if line.startswith("| 0")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert sorted(rows) == [0.5, 0.7, 0.9]
+    assert all(len(r) == 7 and all(0.0 <= x <= 1.0 for x in r) for r in rows.values())
+    # the background survives denoising from t = 0.5 on the shipped base
+    assert rows[0.5][0] >= 0.9

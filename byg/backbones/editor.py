@@ -44,6 +44,8 @@ class Editor(nn.Module):
             backbone's ``default_lora_targets``.
         ema_decay: ``μ`` of METHOD.md §2 (0 = stop-gradient copy of current weights).
         init_lora: peft's ``init_lora_weights`` (True: B = 0, so G starts as B + cond).
+        rank_pattern: per-target ranks (peft's ``rank_pattern``); with ``alpha=None`` each
+            such target also keeps scale 1 (its alpha is its rank).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class Editor(nn.Module):
         ema_decay: float = 0.999,
         dropout: float = 0.0,
         init_lora: bool | str = True,
+        rank_pattern: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
@@ -69,6 +72,8 @@ class Editor(nn.Module):
             target_modules=targets if isinstance(targets, str) else list(targets),
             lora_dropout=dropout,
             init_lora_weights=init_lora,
+            rank_pattern=dict(rank_pattern or {}),
+            alpha_pattern=dict(rank_pattern or {}) if alpha is None else {},
         )
         self.lora_config = config
         self.backbone = inject_adapter_in_model(config, backbone, adapter_name=ADAPTER)

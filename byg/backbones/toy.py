@@ -118,6 +118,14 @@ class ToyBackboneConfig:
             draws a clean image more easily than noise-shaped velocity, and an editor copies
             the source by passing the condition tokens through.
         sample_t_min: the floor on ``t`` in that division (``prediction: sample`` only).
+        cond_add: a second way in for the condition: its tokens also pass through
+            ``cond_add_proj`` (a zero-initialised linear) and are *added* to the noisy tokens
+            at the same grid position, before the first block, beside the token-axis
+            concatenation. Zero-initialised, it changes nothing until trained; an editor
+            trains it through its LoRA (it is one of ``default_lora_targets``), so copying
+            the source no longer depends on attention patterns the base happens to have.
+            A base checkpoint saved without it loads with it (``build`` option
+            ``cond_add: true``): the projection starts at zero.
         vocab: tokenizer words (without specials); ``None`` = the toy world's vocabulary.
     """
 
@@ -139,6 +147,7 @@ class ToyBackboneConfig:
     skips: bool = True
     prediction: Literal["velocity", "sample"] = "velocity"
     sample_t_min: float = 0.05
+    cond_add: bool = False
     vocab: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -451,6 +460,7 @@ class ToyBackbone(Backbone):
         "fc1",
         "fc2",
         "to_pixels",
+        "cond_add_proj",
     )
     kind = "image"
 
@@ -482,6 +492,10 @@ class ToyBackbone(Backbone):
         self.register_buffer("rope_cos", rope_cos, persistent=False)  # (N, dh)
         self.register_buffer("rope_sin", rope_sin, persistent=False)
         self.type_cond = nn.Parameter(torch.randn(d) * cfg.type_init_std)
+        if cfg.cond_add:
+            self.cond_add_proj = nn.Linear(d, d)
+            nn.init.zeros_(self.cond_add_proj.weight)
+            nn.init.zeros_(self.cond_add_proj.bias)
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_adaLN = nn.Linear(d, 2 * d)
@@ -567,6 +581,8 @@ class ToyBackbone(Backbone):
             t_cond = torch.zeros_like(t) if self.config.cond_time == "clean" else t
             c_y = self.t_embed(timestep_embedding(t_cond, self.config.dim)) + pooled
             _, h_cond = self._image_tokens(cond, c_y)
+            if self.config.cond_add:  # same grid, same token order: add position by position
+                h = h + self.cond_add_proj(h_cond)
             h = torch.cat([h, h_cond + self.type_cond], 1)  # (B, N + M, D)
             c, groups = torch.stack([c_x, c_y], 1), [n, h_cond.shape[1]]  # (B, 2, D)
             if rope is not None:  # the condition tokens get the SAME rotary rows
@@ -614,8 +630,13 @@ def save_toy_backbone(model: ToyBackbone, path: str | Path, extra: dict | None =
     return path
 
 
-def load_toy_backbone(path: str | Path) -> ToyBackbone:
-    """Load a folder written by ``save_toy_backbone`` (strict: every tensor must match)."""
+def load_toy_backbone(path: str | Path, cond_add: bool | None = None) -> ToyBackbone:
+    """Load a folder written by ``save_toy_backbone`` (strict: every tensor must match).
+
+    ``cond_add``: ``None`` keeps the saved config; ``True``/``False`` overrides its
+    ``cond_add``. Turned on for a checkpoint saved without it, the projection is the only
+    tensor allowed to be missing, and it keeps its zero initialisation.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -627,8 +648,15 @@ def load_toy_backbone(path: str | Path) -> ToyBackbone:
     desc = meta.get("backbone", {})
     if desc.get("class") != "ToyBackbone" or "config" not in desc:
         raise ValueError(f"{meta_file} does not describe a ToyBackbone: {desc.get('class')!r}")
-    model = ToyBackbone(_config_from_dict(desc["config"]))
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    config = _config_from_dict(desc["config"])
+    if cond_add is not None:
+        config = dataclasses.replace(config, cond_add=bool(cond_add))
+    model = ToyBackbone(config)
+    state = load_file(str(weights))
+    if not config.cond_add:
+        state = {k: v for k, v in state.items() if not k.startswith("cond_add_proj.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("cond_add_proj.")]
     if missing or unexpected:
         raise ValueError(
             f"{weights} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
@@ -636,14 +664,14 @@ def load_toy_backbone(path: str | Path) -> ToyBackbone:
     return model.eval()
 
 
-def load_toy_base(path: str | Path | None = None) -> ToyBackbone:
+def load_toy_base(path: str | Path | None = None, cond_add: bool | None = None) -> ToyBackbone:
     """The pretrained toy base (default: the shipped ``byg/assets/toy_base``)."""
     path = Path(path) if path is not None else SHIPPED_BASE
     if path == SHIPPED_BASE and not (path / "model.safetensors").exists():
         raise FileNotFoundError(
             f"no shipped toy base at {path}; create one with `byg pretrain-base --out {path}`"
         )
-    return load_toy_backbone(path)
+    return load_toy_backbone(path, cond_add=cond_add)
 
 
 def build(options: dict[str, Any]) -> ToyBackbone:
@@ -652,19 +680,23 @@ def build(options: dict[str, Any]) -> ToyBackbone:
     ``options``:
         ``{}``: the shipped pretrained base (``load_toy_base()``);
         ``{"checkpoint": DIR}``: a folder with ``model.safetensors`` + ``config.json``;
+        either of these with ``"cond_add": true``: the same weights with the zero-initialised
+        condition projection added (``ToyBackboneConfig.cond_add``), for an editor;
         ``{"config": {...}}`` or ``ToyBackboneConfig`` fields directly: a freshly
         initialised model (for tests and pretraining).
     """
     options = dict(options)
-    if "checkpoint" in options:
-        ckpt = options.pop("checkpoint")
+    if "checkpoint" in options or set(options) <= {"cond_add"}:
+        ckpt = options.pop("checkpoint", None)
+        cond_add = options.pop("cond_add", None)
         if options:
             raise ValueError(
-                f"toy backbone: 'checkpoint' excludes other options, got {sorted(options)}"
+                "toy backbone: 'checkpoint' allows only 'cond_add' beside it, "
+                f"got {sorted(options)}"
             )
-        return load_toy_base(ckpt)
-    if not options:
-        return load_toy_base()
+        if cond_add is not None and not isinstance(cond_add, bool):
+            raise ValueError(f"toy backbone: 'cond_add' must be true or false, got {cond_add!r}")
+        return load_toy_base(ckpt, cond_add=cond_add)
     if "config" in options:
         cfg = options.pop("config")
         if options:

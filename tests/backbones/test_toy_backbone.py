@@ -197,6 +197,8 @@ def test_editor_with_zero_lora_equals_backbone_and_lora_reaches_cond_path(layout
     editor = Editor(model, rank=4, ema_decay=0.0)
     names = [n for n, _ in editor.lora_named_parameters()]
     for target in ToyBackbone.default_lora_targets:  # every default target matched something
+        if target == "cond_add_proj" and not model.config.cond_add:
+            continue
         assert any(f".{target}.lora_" in "." + n for n in names), target
     assert not any("text_encoder" in n for n in names)
     with torch.no_grad():
@@ -295,8 +297,10 @@ def test_bad_config_names_the_field():
         ToyBackboneConfig(vocab=["Red"])
     with pytest.raises(ConfigError, match="stem_channels"):
         build_backbone("toy", {"config": {**TINY, "stem_channels": 12}})
-    with pytest.raises(ValueError, match="excludes other options"):
+    with pytest.raises(ValueError, match="allows only 'cond_add'"):
         build_backbone("toy", {"checkpoint": "x", "dim": 8})
+    with pytest.raises(ValueError, match="'cond_add' must be true or false"):
+        build_backbone("toy", {"checkpoint": "x", "cond_add": "yes"})
 
 
 def test_save_load_round_trip_and_registry(tmp_path):
@@ -317,3 +321,33 @@ def test_save_load_round_trip_and_registry(tmp_path):
     assert fresh.describe()["config"]["dim"] == TINY["dim"]
     with pytest.raises(FileNotFoundError, match="missing"):
         load_toy_backbone(tmp_path / "nowhere")
+
+
+def test_cond_add_starts_as_the_base_loads_onto_old_checkpoints_and_lora_trains_it(tmp_path):
+    """``cond_add``: zero-initialised, a checkpoint saved without it loads with it and gives
+    the same outputs; the projection is a LoRA target, and once its LoRA is non-zero the
+    condition reaches the noisy tokens at the same grid position."""
+    layout = dict(SHIPPED_LAYOUT, cond_add=False)
+    model = _tiny(**layout)
+    x, t, text, cond = _inputs(model)
+    save_toy_backbone(model, tmp_path / "old")
+    with_add = build_backbone("toy", {"checkpoint": str(tmp_path / "old"), "cond_add": True})
+    assert with_add.config.cond_add and not with_add.cond_add_proj.weight.any()
+    with torch.no_grad():
+        torch.testing.assert_close(with_add(x, t, text, cond), model(x, t, text, cond))
+    # saved with it, loaded without it: the projection is dropped, nothing else
+    save_toy_backbone(with_add, tmp_path / "new")
+    plain = load_toy_backbone(tmp_path / "new", cond_add=False)
+    assert not hasattr(plain, "cond_add_proj")
+    assert load_toy_backbone(tmp_path / "new").config.cond_add
+    editor = Editor(with_add, rank=4, ema_decay=0.0)
+    names = [n for n, _ in editor.lora_named_parameters()]
+    assert any("cond_add_proj.lora_B" in n for n in names)
+    # with every other adapter at zero, a non-zero cond_add_proj LoRA changes the output,
+    # and only where a condition is given
+    with torch.no_grad():
+        for n, p in editor.lora_named_parameters():
+            if "cond_add_proj.lora_B" in n:
+                p.normal_(0, 0.5)
+        assert (editor(x, t, text, cond) - model(x, t, text, cond)).abs().max() > 1e-4
+        torch.testing.assert_close(editor(x, t, text), model(x, t, text), rtol=0, atol=0)
