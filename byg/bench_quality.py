@@ -477,6 +477,7 @@ def target_checks(per_seed: dict[str, dict[str, dict]]) -> list[dict]:
 NEUTRAL_FIELDS: dict[tuple[str, str], Any] = {
     ("byg", "rollout_reuse"): 1,
     ("train", "init_from"): None,
+    ("lora", "rank_pattern"): {},
 }
 
 
