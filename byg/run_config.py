@@ -38,7 +38,11 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
-        bad = {k: v for k, v in self.rank_pattern.items() if not isinstance(v, int) or v < 1}
+        bad = {
+            k: v
+            for k, v in self.rank_pattern.items()
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1
+        }
         if bad:
             raise ValueError(f"rank_pattern ranks must be integers >= 1, got {bad}")
 

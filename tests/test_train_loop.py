@@ -134,6 +134,21 @@ def test_init_from_starts_from_another_runs_weights(tiny_run, tmp_path):
         )
 
 
+def test_lora_rank_pattern_reaches_the_editor_and_is_checked_on_init(tiny_run, tmp_path):
+    cfg = tiny_run("objective=supervised", "lora.rank_pattern.proj_cond=5")
+    res = train_mod.train(cfg, tmp_path / "a", progress=False)
+    shapes = {n: tuple(p.shape) for n, p in res["editor"].lora_named_parameters()}
+    assert shapes["proj_cond.lora_A.default.weight"] == (5, 3)
+    assert shapes["proj_in.lora_A.default.weight"] == (2, 3)  # lora.rank elsewhere
+    with pytest.raises(train_mod.TrainingError, match="lora.rank_pattern"):
+        train_mod.train(
+            tiny_run(f"train.init_from={tmp_path / 'a'}"), tmp_path / "b", progress=False
+        )
+    for bad in ("0", "true", "x"):
+        with pytest.raises((ConfigError, ValueError), match="rank_pattern"):
+            tiny_run(f"lora.rank_pattern.proj_cond={bad}")
+
+
 def test_save_is_atomic(tmp_path, monkeypatch):
     lora = {"a.lora_A.weight": torch.ones(2, 2)}
     save_checkpoint(tmp_path, 1, lora=lora, ema={}, optimizer_state={}, state={}, config={})

@@ -648,15 +648,15 @@ def load_toy_backbone(path: str | Path, cond_add: bool | None = None) -> ToyBack
     desc = meta.get("backbone", {})
     if desc.get("class") != "ToyBackbone" or "config" not in desc:
         raise ValueError(f"{meta_file} does not describe a ToyBackbone: {desc.get('class')!r}")
-    config = _config_from_dict(desc["config"])
-    if cond_add is not None:
-        config = dataclasses.replace(config, cond_add=bool(cond_add))
+    saved = _config_from_dict(desc["config"])
+    config = saved if cond_add is None else dataclasses.replace(saved, cond_add=bool(cond_add))
     model = ToyBackbone(config)
     state = load_file(str(weights))
     if not config.cond_add:
         state = {k: v for k, v in state.items() if not k.startswith("cond_add_proj.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("cond_add_proj.")]
+    if not saved.cond_add:  # added on load: the projection keeps its zero initialisation
+        missing = [k for k in missing if not k.startswith("cond_add_proj.")]
     if missing or unexpected:
         raise ValueError(
             f"{weights} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"

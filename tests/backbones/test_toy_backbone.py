@@ -340,9 +340,11 @@ def test_cond_add_starts_as_the_base_loads_onto_old_checkpoints_and_lora_trains_
     plain = load_toy_backbone(tmp_path / "new", cond_add=False)
     assert not hasattr(plain, "cond_add_proj")
     assert load_toy_backbone(tmp_path / "new").config.cond_add
-    editor = Editor(with_add, rank=4, ema_decay=0.0)
-    names = [n for n, _ in editor.lora_named_parameters()]
-    assert any("cond_add_proj.lora_B" in n for n in names)
+    editor = Editor(with_add, rank=4, ema_decay=0.0, rank_pattern={"cond_add_proj": 32})
+    shapes = {n: tuple(p.shape) for n, p in editor.lora_named_parameters()}
+    assert shapes["cond_add_proj.lora_A.default.weight"] == (32, 32)  # full rank, dim 32
+    assert shapes["blocks.0.qkv.lora_A.default.weight"] == (4, 32)  # the others keep rank 4
+    assert editor.backbone.cond_add_proj.scaling["default"] == 1.0  # alpha follows the rank
     # with every other adapter at zero, a non-zero cond_add_proj LoRA changes the output,
     # and only where a condition is given
     with torch.no_grad():
@@ -351,3 +353,15 @@ def test_cond_add_starts_as_the_base_loads_onto_old_checkpoints_and_lora_trains_
                 p.normal_(0, 0.5)
         assert (editor(x, t, text, cond) - model(x, t, text, cond)).abs().max() > 1e-4
         torch.testing.assert_close(editor(x, t, text), model(x, t, text), rtol=0, atol=0)
+
+
+def test_a_checkpoint_saved_with_cond_add_must_hold_its_projection(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = _tiny(**SHIPPED_LAYOUT, cond_add=True)
+    save_toy_backbone(model, tmp_path / "ck")
+    state = load_file(str(tmp_path / "ck" / "model.safetensors"))
+    state = {k: v for k, v in state.items() if not k.startswith("cond_add_proj.")}
+    save_file(state, str(tmp_path / "ck" / "model.safetensors"))
+    with pytest.raises(ValueError, match="missing.*cond_add_proj"):
+        load_toy_backbone(tmp_path / "ck")
