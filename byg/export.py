@@ -32,13 +32,16 @@ _PEFT_NAME = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+)
 
 
 def diffusers_lora_state_dict(
-    lora: dict[str, Tensor], scale: float, dtype: torch.dtype = torch.float32
+    lora: dict[str, Tensor],
+    scale: float | dict[str, float],
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Tensor]:
     """Editor (peft) LoRA tensors -> diffusers names, with ``scale`` folded into ``lora_B``.
 
     Args:
         lora: ``{"transformer.<path>.lora_A.<adapter>.weight": [r, in], ...lora_B...: [out, r]}``.
-        scale: ``alpha / rank`` of the editor's LoRA.
+        scale: ``alpha / rank`` of the editor's LoRA, or one per module (``"transformer.<path>"``)
+            when ranks differ between modules (``lora.rank_pattern``).
         dtype: dtype of the written tensors.
 
     Raises:
@@ -60,7 +63,7 @@ def diffusers_lora_state_dict(
             )
         t = tensor.detach().float()
         if m["ab"] == "B":
-            t = t * scale
+            t = t * (scale[module] if isinstance(scale, dict) else scale)
         out[f"{module}.lora_{m['ab']}.weight"] = t.to(dtype).contiguous()
     modules_a = {k.rsplit(".lora_", 1)[0] for k in out if k.endswith(".lora_A.weight")}
     modules_b = {k.rsplit(".lora_", 1)[0] for k in out if k.endswith(".lora_B.weight")}
@@ -99,11 +102,19 @@ def export_checkpoint(
         if ckpt["ema"] is None:
             raise ValueError(f"{ckpt['path']} has no ema.safetensors (trained with EMA decay 0)")
         tensors = ckpt["ema"]
+    ranks = {cfg.lora.rank, *cfg.lora.rank_pattern.values()}
+    scales = {}  # per module: alpha / rank, as the Editor built it (alpha None: scale 1)
     for name, t in tensors.items():
-        if ".lora_A." in name and t.shape[0] != cfg.lora.rank:
-            raise ValueError(f"{name} has rank {t.shape[0]}, the config says {cfg.lora.rank}")
-    alpha = cfg.lora.alpha if cfg.lora.alpha is not None else cfg.lora.rank
-    state = diffusers_lora_state_dict(tensors, alpha / cfg.lora.rank, DTYPES[dtype])
+        if ".lora_A." not in name:
+            continue
+        if t.shape[0] not in ranks:
+            raise ValueError(
+                f"{name} has rank {t.shape[0]}, the config's lora.rank / rank_pattern say "
+                f"{sorted(ranks)}"
+            )
+        r = t.shape[0]
+        scales[name.split(".lora_A.")[0]] = 1.0 if cfg.lora.alpha is None else cfg.lora.alpha / r
+    state = diffusers_lora_state_dict(tensors, scales, DTYPES[dtype])
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {str(out)!r}")

@@ -259,16 +259,19 @@ def test_diffusers_names_and_scale():
         diffusers_lora_state_dict({"net.fc.lora_A.default.weight": a}, 1.0)
     with pytest.raises(ValueError, match="is not named"):
         diffusers_lora_state_dict({"transformer.fc.weight": a}, 1.0)
+    per_module = diffusers_lora_state_dict(peft, {"transformer.blocks.0.attn.to_q": 0.5})
+    torch.testing.assert_close(per_module["transformer.blocks.0.attn.to_q.lora_B.weight"], 0.5 * b)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, opts):
-    """A checkpoint of a FLUX editor with a random non-zero LoRA and alpha != rank."""
+    """A checkpoint of a FLUX editor with a random non-zero LoRA, alpha != rank, and another
+    rank for ``to_q`` (``lora.rank_pattern``): the export must fold each module's own scale."""
     cfg = from_dict(
         RunConfig,
         {
             "model": {"backbone": "flux", "options": opts},
-            "lora": {"rank": 4, "alpha": 8.0},
+            "lora": {"rank": 4, "alpha": 8.0, "rank_pattern": {"to_q": 6}},
             "data": {"resolution": RES},
             # the pipeline's dynamic shift at this size: exp(mu(16 tokens))
             "sample": {"steps": 4, "shift": kontext_shift(RES, vae_scale_factor=2)},
