@@ -107,12 +107,11 @@ def export_checkpoint(
     for name, t in tensors.items():
         if ".lora_A." not in name:
             continue
-        if t.shape[0] not in ranks:
-            raise ValueError(
-                f"{name} has rank {t.shape[0]}, the config's lora.rank / rank_pattern say "
-                f"{sorted(ranks)}"
-            )
         r = t.shape[0]
+        if r not in ranks:
+            raise ValueError(
+                f"{name} has rank {r}, the config's lora.rank / rank_pattern say {sorted(ranks)}"
+            )
         scales[name.split(".lora_A.")[0]] = 1.0 if cfg.lora.alpha is None else cfg.lora.alpha / r
     state = diffusers_lora_state_dict(tensors, scales, DTYPES[dtype])
     out = Path(out)
