@@ -126,6 +126,18 @@ class ToyBackboneConfig:
             the source no longer depends on attention patterns the base happens to have.
             A base checkpoint saved without it loads with it (``build`` option
             ``cond_add: true``): the projection starts at zero.
+        arch: ``"hybrid"`` (the layout of the module docstring: conv levels around a
+            token transformer) or ``"unet"``: a conv U-Net whose levels
+            ``>= attn_from_level`` follow every residual block with a transformer block
+            (self-attention with 2D RoPE, cross-attention to the caption tokens, MLP; the
+            same ``DiTBlock`` at the level's width), plus ``depth`` such pairs in the middle.
+            ``stem_channels``/``stem_levels``/``stem_blocks`` size the U-Net; ``patch_size``
+            and ``skips`` are unused (a U-Net always has its skips). A condition image runs
+            through the same U-Net beside ``x_t`` and its tokens are concatenated with the
+            noisy ones along the token axis in every attention layer (joint attention, the
+            U-Net form of the token concatenation); ``cond_add`` adds its full-resolution
+            stem features to the noisy ones through a zero-initialised 1x1 conv.
+        attn_from_level: first U-Net level (0 = full resolution) with attention (``unet``).
         vocab: tokenizer words (without specials); ``None`` = the toy world's vocabulary.
     """
 
@@ -148,6 +160,8 @@ class ToyBackboneConfig:
     prediction: Literal["velocity", "sample"] = "velocity"
     sample_t_min: float = 0.05
     cond_add: bool = False
+    arch: Literal["hybrid", "unet"] = "hybrid"
+    attn_from_level: int = 1
     vocab: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -167,7 +181,11 @@ class ToyBackboneConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.heads < 1 or self.dim % self.heads:
             raise ValueError(f"heads must divide dim: dim={self.dim}, heads={self.heads}")
-        if self.image_size % (self.patch_size * 2 ** (self.stem_levels - 1)):
+        if self.arch not in ("hybrid", "unet"):
+            raise ValueError(f"arch must be 'hybrid' or 'unet', got {self.arch!r}")
+        if self.arch == "unet":
+            self._check_unet()
+        elif self.image_size % (self.patch_size * 2 ** (self.stem_levels - 1)):
             raise ValueError(
                 f"patch_size={self.patch_size} x 2**(stem_levels-1)="
                 f"{2 ** (self.stem_levels - 1)} must divide image_size={self.image_size}"
@@ -199,6 +217,27 @@ class ToyBackboneConfig:
             dup = sorted({w for w in self.vocab if self.vocab.count(w) > 1})
             if dup:
                 raise ValueError(f"vocab has duplicate words {dup[:5]}")
+
+    def _check_unet(self) -> None:
+        if self.image_size % 2 ** (self.stem_levels - 1):
+            raise ValueError(
+                f"arch='unet': 2**(stem_levels-1)={2 ** (self.stem_levels - 1)} must divide "
+                f"image_size={self.image_size}"
+            )
+        if not 0 <= self.attn_from_level < self.stem_levels:
+            raise ValueError(
+                f"attn_from_level must be in [0, stem_levels={self.stem_levels}), "
+                f"got {self.attn_from_level}"
+            )
+        if self.pos_embed != "rope":
+            raise ValueError("arch='unet' positions its attention tokens with pos_embed='rope'")
+        for level in range(self.attn_from_level, self.stem_levels):
+            width = self.stem_channels * 2**level
+            if width % self.heads or (width // self.heads) % 4:
+                raise ValueError(
+                    f"arch='unet': level {level} has {width} channels; heads={self.heads} must "
+                    "divide it into heads of a multiple of 4 channels (2D RoPE)"
+                )
 
     def resolved(self) -> ToyBackboneConfig:
         """A copy with ``vocab`` filled in from the toy world when it is ``None``."""
@@ -370,7 +409,10 @@ class TextEncoder(nn.Module):
     def __init__(self, vocab_size: int, max_len: int, dim: int, heads: int, layers: int):
         super().__init__()
         self.tok = nn.Embedding(vocab_size, dim)
-        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+        # positions at the scale of the word embeddings (nn.Embedding draws N(0, 1)): with
+        # the usual 0.02 the encoder starts as a bag of words, and "a red circle on blue"
+        # reads like "a blue circle on red", so colours bind to object vs background late
+        self.pos = nn.Parameter(torch.randn(max_len, dim))
         self.layers = nn.ModuleList(TextLayer(dim, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
@@ -389,21 +431,22 @@ class DiTBlock(nn.Module):
     times while the modulation MLP runs once per group, not once per token.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, ctx_dim: int | None = None) -> None:
         super().__init__()
         self.heads = heads
         hidden = int(dim * mlp_ratio)
+        ctx = ctx_dim or dim  # width of the text features and of the modulation vector
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.attn_out = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.cross_q = nn.Linear(dim, dim)
-        self.cross_kv = nn.Linear(dim, 2 * dim)
+        self.cross_kv = nn.Linear(ctx, 2 * dim)
         self.cross_out = nn.Linear(dim, dim)
         self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.adaLN = nn.Linear(dim, 6 * dim)
+        self.adaLN = nn.Linear(ctx, 6 * dim)
         nn.init.zeros_(self.adaLN.weight)
         nn.init.zeros_(self.adaLN.bias)
 
@@ -441,6 +484,65 @@ class DiTBlock(nn.Module):
         return x + g2 * h
 
 
+class UNetLayer(nn.Module):
+    """One U-Net layer: a ``ResBlock``, then (``attn``) a ``DiTBlock`` over its pixels as tokens.
+
+    With a condition (``pair``: the batch holds the noisy images then as many condition
+    images), the two images' tokens are concatenated along the token axis for the attention
+    block, each with its own modulation vector, and split back afterwards.
+    """
+
+    def __init__(self, ch: int, emb_dim: int, heads: int, mlp_ratio: float, attn: bool) -> None:
+        super().__init__()
+        self.res = ResBlock(ch, emb_dim)
+        self.attn = DiTBlock(ch, heads, mlp_ratio, ctx_dim=emb_dim) if attn else None
+
+    def forward(
+        self,
+        h: Tensor,
+        emb: Tensor,
+        pair: bool,
+        text: Tensor,
+        text_mask: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        h = self.res(h, emb)
+        if self.attn is None:
+            return h
+        b2, ch, hh, ww = h.shape
+        n = hh * ww
+        tok = h.flatten(2).transpose(1, 2)  # (b2, N, C)
+        if pair:
+            b = b2 // 2
+            tok = torch.cat([tok[:b], tok[b:]], 1)  # (B, 2N, C)
+            c, groups = torch.stack([emb[:b], emb[b:]], 1), [n, n]
+            assert rope is not None
+            rope = (torch.cat([rope[0], rope[0]]), torch.cat([rope[1], rope[1]]))
+        else:
+            c, groups = emb[:, None], [n]
+        tok = self.attn(tok, c, groups, text, text_mask, rope)
+        if pair:
+            tok = torch.cat([tok[:, :n], tok[:, n:]], 0)
+        return tok.transpose(1, 2).reshape(b2, ch, hh, ww)
+
+
+#: LoRA targets of ``arch: unet``: the attention blocks' linears, and the residual blocks'
+#: convolutions, through which a condition added at the stem (``cond_add``) has to pass
+#: (with the attention linears alone an editor does not learn to copy the source)
+UNET_LORA_TARGETS: tuple[str, ...] = (
+    "qkv",
+    "attn_out",
+    "cross_q",
+    "cross_kv",
+    "cross_out",
+    "fc1",
+    "fc2",
+    "conv1",
+    "conv2",
+    "cond_add_proj",
+)
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -469,6 +571,10 @@ class ToyBackbone(Backbone):
         cfg = (config or ToyBackboneConfig()).resolved()
         self.config = cfg
         self.tokenizer = WordTokenizer(cfg.vocab or [], cfg.max_text_len)
+        if cfg.arch == "unet":
+            self._init_unet(cfg)
+            self.default_lora_targets = UNET_LORA_TARGETS
+            return
         d, ch, p = cfg.dim, cfg.stem_channels, cfg.patch_size
         chs = [ch * 2**level for level in range(cfg.stem_levels)]
         self.grid = cfg.image_size // (p * 2 ** (cfg.stem_levels - 1))
@@ -513,10 +619,81 @@ class ToyBackbone(Backbone):
         nn.init.zeros_(self.head_out.weight)
         nn.init.zeros_(self.head_out.bias)
 
+    def _init_unet(self, cfg: ToyBackboneConfig) -> None:
+        d, ch = cfg.dim, cfg.stem_channels
+        chs = [ch * 2**level for level in range(cfg.stem_levels)]
+        self.grid = cfg.image_size // 2 ** (cfg.stem_levels - 1)
+        self.t_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.text_encoder = TextEncoder(
+            len(self.tokenizer), cfg.max_text_len, d, cfg.heads, cfg.text_layers
+        )
+        self.text_pool = nn.Linear(d, d)
+        self.stem_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
+        if cfg.cond_add:
+            self.cond_add_proj = nn.Conv2d(ch, ch, 1)
+            nn.init.zeros_(self.cond_add_proj.weight)
+            nn.init.zeros_(self.cond_add_proj.bias)
+
+        def layers(level: int, n: int) -> nn.ModuleList:
+            attn = level >= cfg.attn_from_level
+            return nn.ModuleList(
+                UNetLayer(chs[level], d, cfg.heads, cfg.mlp_ratio, attn) for _ in range(n)
+            )
+
+        levels = range(cfg.stem_levels)
+        self.enc = nn.ModuleList(layers(level, cfg.stem_blocks) for level in levels)
+        self.down = nn.ModuleList(
+            nn.Conv2d(chs[i - 1], chs[i], 3, stride=2, padding=1) for i in range(1, len(chs))
+        )
+        self.mid = layers(len(chs) - 1, cfg.depth)
+        self.merge = nn.ModuleList(nn.Conv2d(2 * c, c, 1) for c in chs)
+        self.dec = nn.ModuleList(layers(level, max(cfg.stem_blocks, 1)) for level in levels)
+        self.up_conv = nn.ModuleList(
+            nn.Conv2d(chs[i], chs[i - 1], 3, padding=1) for i in range(1, len(chs))
+        )
+        for level in range(cfg.attn_from_level, cfg.stem_levels):
+            cos, sin = rope_2d(cfg.image_size // 2**level, chs[level] // cfg.heads)
+            self.register_buffer(f"rope_cos_{level}", cos, persistent=False)
+            self.register_buffer(f"rope_sin_{level}", sin, persistent=False)
+        self.head_norm = nn.GroupNorm(8, ch)
+        self.head_out = nn.Conv2d(ch, cfg.channels, 3, padding=1)
+        nn.init.zeros_(self.head_out.weight)
+        nn.init.zeros_(self.head_out.bias)
+
+    def _unet(self, x: Tensor, emb: Tensor, pair: bool, feats: Tensor, mask: Tensor) -> Tensor:
+        """U-Net over ``x [b2, C, H, W]`` (noisy images, then their conditions when ``pair``)."""
+        cfg = self.config
+
+        def rope(level: int) -> tuple[Tensor, Tensor] | None:
+            if level < cfg.attn_from_level:
+                return None
+            return getattr(self, f"rope_cos_{level}"), getattr(self, f"rope_sin_{level}")
+
+        h = self.stem_in(x)
+        if pair and cfg.cond_add:
+            b = h.shape[0] // 2
+            h = torch.cat([h[:b] + self.cond_add_proj(h[b:]), h[b:]], 0)
+        skips = []
+        for level, layer_list in enumerate(self.enc):
+            if level:
+                h = self.down[level - 1](h)
+            for layer in layer_list:
+                h = layer(h, emb, pair, feats, mask, rope(level))
+            skips.append(h)
+        for layer in self.mid:
+            h = layer(h, emb, pair, feats, mask, rope(len(self.enc) - 1))
+        for level in range(len(self.enc) - 1, -1, -1):
+            h = self.merge[level](torch.cat([h, skips[level]], 1))
+            for layer in self.dec[level]:
+                h = layer(h, emb, pair, feats, mask, rope(level))
+            if level:
+                h = self.up_conv[level - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.head_out(F.silu(self.head_norm(h)))
+
     # ------------------------------------------------------------------ interface
     def encode_text(self, prompts: list[str]) -> TextEmbeds:
         """``{"tokens": [B, L] long, "mask": [B, L] bool}``; ``""`` is the unconditional input."""
-        device = self.pos.device
+        device = self.t_embed[0].weight.device
         return {k: v.to(device) for k, v in self.tokenizer(list(prompts)).items()}
 
     def describe(self) -> dict[str, Any]:
@@ -574,6 +751,15 @@ class ToyBackbone(Backbone):
         b, n = x_t.shape[0], self.grid * self.grid
         feats, mask, pooled = self._text(text)
         c_x = self.t_embed(timestep_embedding(t, self.config.dim)) + pooled  # (B, D)
+        if self.config.arch == "unet":
+            if cond is None:
+                out = self._unet(x_t, c_x, False, feats, mask)
+            else:
+                t_cond = torch.zeros_like(t) if self.config.cond_time == "clean" else t
+                c_y = self.t_embed(timestep_embedding(t_cond, self.config.dim)) + pooled
+                both = torch.cat([x_t, cond.to(x_t.dtype)], 0)
+                out = self._unet(both, torch.cat([c_x, c_y], 0), True, feats, mask)[:b]
+            return self._velocity(out, x_t, t)
         skips, h = self._image_tokens(x_t, c_x)
         c, groups = c_x[:, None], [n]  # (B, 1, D): one modulation for all noisy tokens
         rope = (self.rope_cos, self.rope_sin) if self.config.pos_embed == "rope" else None
@@ -598,7 +784,9 @@ class ToyBackbone(Backbone):
             h = up(h, skip if self.config.skips else None, c_x)
         h = torch.cat([h, skips[0]], 1) if self.config.skips else h
         h = self.head_conv(F.silu(self.head_norm(h)))
-        out = self.head_out(F.silu(h))
+        return self._velocity(self.head_out(F.silu(h)), x_t, t)
+
+    def _velocity(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         if self.config.prediction == "sample":  # out is x̂_0: v = (x_t - x̂_0) / t
             t_div = t.to(out.dtype).clamp_min(self.config.sample_t_min).view(-1, 1, 1, 1)
             return (x_t - out) / t_div
@@ -709,6 +897,7 @@ def build(options: dict[str, Any]) -> ToyBackbone:
 
 __all__ = [
     "SHIPPED_BASE",
+    "UNET_LORA_TARGETS",
     "ToyBackbone",
     "ToyBackboneConfig",
     "WordTokenizer",

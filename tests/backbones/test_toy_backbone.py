@@ -60,9 +60,13 @@ def _inputs(model: ToyBackbone, b: int = 3, seed: int = 1):
 
 
 SHIPPED_LAYOUT = dict(pos_embed="rope", skips=False, stem_levels=2, patch_size=1)
+UNET = dict(arch="unet", pos_embed="rope", stem_levels=2, attn_from_level=0, depth=1)
+LAYOUTS = pytest.mark.parametrize(
+    "layout", [{}, SHIPPED_LAYOUT, UNET], ids=["default", "rope_skipfree", "unet"]
+)
 
 
-@pytest.mark.parametrize("layout", [{}, SHIPPED_LAYOUT], ids=["default", "rope_skipfree"])
+@LAYOUTS
 def test_shapes_with_and_without_cond(layout):
     model = _tiny(**layout)
     x, t, text, cond = _inputs(model)
@@ -188,7 +192,7 @@ def test_cond_time_clean_uses_t0_for_condition():
     assert not torch.allclose(seen[0][:, :n], seen[1][:, :n])
 
 
-@pytest.mark.parametrize("layout", [{}, SHIPPED_LAYOUT], ids=["default", "rope_skipfree"])
+@LAYOUTS
 def test_editor_with_zero_lora_equals_backbone_and_lora_reaches_cond_path(layout):
     model = _tiny(**layout)
     x, t, text, cond = _inputs(model)
@@ -196,7 +200,7 @@ def test_editor_with_zero_lora_equals_backbone_and_lora_reaches_cond_path(layout
         ref_plain, ref_cond = model(x, t, text), model(x, t, text, cond)
     editor = Editor(model, rank=4, ema_decay=0.0)
     names = [n for n, _ in editor.lora_named_parameters()]
-    for target in ToyBackbone.default_lora_targets:  # every default target matched something
+    for target in model.default_lora_targets:  # every default target matched something
         if target == "cond_add_proj" and not model.config.cond_add:
             continue
         assert any(f".{target}.lora_" in "." + n for n in names), target
@@ -297,14 +301,25 @@ def test_bad_config_names_the_field():
         ToyBackboneConfig(vocab=["Red"])
     with pytest.raises(ConfigError, match="stem_channels"):
         build_backbone("toy", {"config": {**TINY, "stem_channels": 12}})
+    with pytest.raises(ValueError, match="arch must be"):
+        ToyBackboneConfig(arch="unet3d")
+    with pytest.raises(ValueError, match="pos_embed='rope'"):
+        ToyBackboneConfig(arch="unet", pos_embed="sincos", stem_levels=3)
+    with pytest.raises(ValueError, match="attn_from_level"):
+        ToyBackboneConfig(arch="unet", pos_embed="rope", stem_levels=2, attn_from_level=2)
+    with pytest.raises(ValueError, match="level 0 has 24 channels"):
+        ToyBackboneConfig(
+            arch="unet", pos_embed="rope", stem_channels=24, heads=4, attn_from_level=0
+        )
     with pytest.raises(ValueError, match="allows only 'cond_add'"):
         build_backbone("toy", {"checkpoint": "x", "dim": 8})
     with pytest.raises(ValueError, match="'cond_add' must be true or false"):
         build_backbone("toy", {"checkpoint": "x", "cond_add": "yes"})
 
 
-def test_save_load_round_trip_and_registry(tmp_path):
-    model = _tiny()
+@pytest.mark.parametrize("layout", [{}, UNET], ids=["default", "unet"])
+def test_save_load_round_trip_and_registry(tmp_path, layout):
+    model = _tiny(**layout)
     x, t, text, cond = _inputs(model)
     save_toy_backbone(model, tmp_path / "ck", extra={"seed": 3})
     assert not list((tmp_path / "ck").glob("*.tmp"))
@@ -323,12 +338,15 @@ def test_save_load_round_trip_and_registry(tmp_path):
         load_toy_backbone(tmp_path / "nowhere")
 
 
-def test_cond_add_starts_as_the_base_loads_onto_old_checkpoints_and_lora_trains_it(tmp_path):
+@pytest.mark.parametrize("layout", [SHIPPED_LAYOUT, UNET], ids=["rope_skipfree", "unet"])
+def test_cond_add_starts_as_the_base_loads_onto_old_checkpoints_and_lora_trains_it(
+    tmp_path, layout
+):
     """``cond_add``: zero-initialised, a checkpoint saved without it loads with it and gives
     the same outputs; the projection is a LoRA target, and once its LoRA is non-zero the
     condition reaches the noisy tokens at the same grid position."""
-    layout = dict(SHIPPED_LAYOUT, cond_add=False)
-    model = _tiny(**layout)
+    model = _tiny(**layout, cond_add=False)
+    unet = model.config.arch == "unet"
     x, t, text, cond = _inputs(model)
     save_toy_backbone(model, tmp_path / "old")
     with_add = build_backbone("toy", {"checkpoint": str(tmp_path / "old"), "cond_add": True})
@@ -340,10 +358,15 @@ def test_cond_add_starts_as_the_base_loads_onto_old_checkpoints_and_lora_trains_
     plain = load_toy_backbone(tmp_path / "new", cond_add=False)
     assert not hasattr(plain, "cond_add_proj")
     assert load_toy_backbone(tmp_path / "new").config.cond_add
-    editor = Editor(with_add, rank=4, ema_decay=0.0, rank_pattern={"cond_add_proj": 32})
+    full = 8 if unet else 32  # a 1x1 conv over the stem channels, or a linear over dim
+    editor = Editor(with_add, rank=4, ema_decay=0.0, rank_pattern={"cond_add_proj": full})
     shapes = {n: tuple(p.shape) for n, p in editor.lora_named_parameters()}
-    assert shapes["cond_add_proj.lora_A.default.weight"] == (32, 32)  # full rank, dim 32
-    assert shapes["blocks.0.qkv.lora_A.default.weight"] == (4, 32)  # the others keep rank 4
+    proj_a = shapes["cond_add_proj.lora_A.default.weight"]
+    assert proj_a == ((full, full, 1, 1) if unet else (full, full))  # full rank
+    qkv_a = (
+        "enc.0.0.attn.qkv.lora_A.default.weight" if unet else "blocks.0.qkv.lora_A.default.weight"
+    )
+    assert shapes[qkv_a] == ((4, 8) if unet else (4, 32))  # the others keep rank 4
     assert editor.backbone.cond_add_proj.scaling["default"] == 1.0  # alpha follows the rank
     # with every other adapter at zero, a non-zero cond_add_proj LoRA changes the output,
     # and only where a condition is given
@@ -365,3 +388,47 @@ def test_a_checkpoint_saved_with_cond_add_must_hold_its_projection(tmp_path):
     save_file(state, str(tmp_path / "ck" / "model.safetensors"))
     with pytest.raises(ValueError, match="missing.*cond_add_proj"):
         load_toy_backbone(tmp_path / "ck")
+
+
+def test_unet_joins_condition_tokens_along_the_token_axis_in_every_attention_layer():
+    """``arch: unet``: without a condition each attention layer sees the N pixels of its level;
+    with one it sees 2N tokens (noisy, then condition), and the noisy half's modulation is
+    the noisy image's. The condition reaches the output; the base ignores nothing else."""
+    model = _tiny(**UNET)
+    x, t, text, cond = _inputs(model)
+    blocks = [m for m in model.modules() if type(m).__name__ == "DiTBlock"]
+    assert len(blocks) == 5  # encoder 2 levels + middle 1 + decoder 2 levels
+    seen: list = []
+    hooks = [b.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape)) for b in blocks]
+    with torch.no_grad():
+        plain = model(x, t, text)
+        n_plain = [s[1] for s in seen]
+        seen.clear()
+        with_cond = model(x, t, text, cond)
+        n_cond = [s[1] for s in seen]
+        assert all(s[0] == x.shape[0] for s in seen)
+        other = model(x, t, text, cond.flip(-1))
+    for h in hooks:
+        h.remove()
+    assert n_cond == [2 * n for n in n_plain]
+    assert (with_cond - plain).abs().max() > 1e-3 and (other - with_cond).abs().max() > 1e-3
+    one = model(x[:1], t[:1], {k: v[:1] for k, v in text.items()}, cond[:1])
+    torch.testing.assert_close(one, with_cond[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_text_encoder_reads_word_order_from_the_start():
+    """Swapping the object and background colours must change the caption features at
+    initialisation already: the positions are as large as the word embeddings, so the
+    encoder does not start as a bag of words (which binds colours to the wrong region)."""
+    torch.manual_seed(0)
+    model = ToyBackbone(ToyBackboneConfig(**TINY)).eval()
+    a = ["a red circle on a blue background"]
+    b = ["a blue circle on a red background"]
+    with torch.no_grad():
+        fa, _, _ = model._text(model.encode_text(a))
+        fb, _, _ = model._text(model.encode_text(b))
+    # the colour tokens sit at positions 2 and 6: their features must not just swap places
+    swapped = fb.clone()
+    swapped[:, [2, 6]] = fb[:, [6, 2]]
+    rel = (fa - swapped).norm() / fa.norm()
+    assert rel > 0.3, float(rel)
