@@ -526,10 +526,8 @@ class UNetLayer(nn.Module):
         return tok.transpose(1, 2).reshape(b2, ch, hh, ww)
 
 
-#: LoRA targets of ``arch: unet``: the attention blocks' linears, and the residual blocks'
-#: convolutions, through which a condition added at the stem (``cond_add``) has to pass
-#: (with the attention linears alone an editor does not learn to copy the source)
-UNET_LORA_TARGETS: tuple[str, ...] = (
+#: the linears of a ``DiTBlock`` (self-attention, cross-attention to the caption, MLP)
+BLOCK_LORA_TARGETS: tuple[str, ...] = (
     "qkv",
     "attn_out",
     "cross_q",
@@ -537,10 +535,11 @@ UNET_LORA_TARGETS: tuple[str, ...] = (
     "cross_out",
     "fc1",
     "fc2",
-    "conv1",
-    "conv2",
-    "cond_add_proj",
 )
+#: LoRA targets of ``arch: unet``: the attention blocks' linears, and the residual blocks'
+#: convolutions, through which a condition added at the stem (``cond_add``) has to pass
+#: (with the attention linears alone an editor does not learn to copy the source)
+UNET_LORA_TARGETS: tuple[str, ...] = (*BLOCK_LORA_TARGETS, "conv1", "conv2", "cond_add_proj")
 
 
 # ----------------------------------------------------------------------------- model
@@ -553,17 +552,7 @@ class ToyBackbone(Backbone):
     ``{"tokens", "mask"}`` dict of ``encode_text``. See the module docstring for the layout.
     """
 
-    default_lora_targets = (
-        "qkv",
-        "attn_out",
-        "cross_q",
-        "cross_kv",
-        "cross_out",
-        "fc1",
-        "fc2",
-        "to_pixels",
-        "cond_add_proj",
-    )
+    default_lora_targets = (*BLOCK_LORA_TARGETS, "to_pixels", "cond_add_proj")
     kind = "image"
 
     def __init__(self, config: ToyBackboneConfig | None = None) -> None:

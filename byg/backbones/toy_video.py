@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from byg.backbones.base import Backbone, TextEmbeds
 from byg.backbones.toy import (
+    BLOCK_LORA_TARGETS,
     DiTBlock,
     ResBlock,
     TextEncoder,
@@ -203,16 +204,7 @@ class ToyVideoBackbone(Backbone):
     ``forward(x_t [B,3,F,H,W], t [B], text, cond=None) -> v [B,3,F,H,W]``.
     """
 
-    default_lora_targets = (
-        "qkv",
-        "attn_out",
-        "cross_q",
-        "cross_kv",
-        "cross_out",
-        "fc1",
-        "fc2",
-        "to_pixels",
-    )
+    default_lora_targets = (*BLOCK_LORA_TARGETS, "to_pixels")
     kind = "video"
 
     def __init__(self, config: ToyVideoBackboneConfig | None = None) -> None:
