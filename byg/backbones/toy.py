@@ -489,7 +489,8 @@ class UNetLayer(nn.Module):
 
     With a condition (``pair``: the batch holds the noisy images then as many condition
     images), the two images' tokens are concatenated along the token axis for the attention
-    block, each with its own modulation vector, and split back afterwards.
+    block, each with its own modulation vector, and split back afterwards; ``rope`` then
+    holds the rotary rows of all 2N tokens.
     """
 
     def __init__(self, ch: int, emb_dim: int, heads: int, mlp_ratio: float, attn: bool) -> None:
@@ -516,8 +517,6 @@ class UNetLayer(nn.Module):
             b = b2 // 2
             tok = torch.cat([tok[:b], tok[b:]], 1)  # (B, 2N, C)
             c, groups = torch.stack([emb[:b], emb[b:]], 1), [n, n]
-            assert rope is not None
-            rope = (torch.cat([rope[0], rope[0]]), torch.cat([rope[1], rope[1]]))
         else:
             c, groups = emb[:, None], [n]
         tok = self.attn(tok, c, groups, text, text_mask, rope)
@@ -560,19 +559,19 @@ class ToyBackbone(Backbone):
         cfg = (config or ToyBackboneConfig()).resolved()
         self.config = cfg
         self.tokenizer = WordTokenizer(cfg.vocab or [], cfg.max_text_len)
-        if cfg.arch == "unet":
-            self._init_unet(cfg)
-            self.default_lora_targets = UNET_LORA_TARGETS
-            return
         d, ch, p = cfg.dim, cfg.stem_channels, cfg.patch_size
-        chs = [ch * 2**level for level in range(cfg.stem_levels)]
-        self.grid = cfg.image_size // (p * 2 ** (cfg.stem_levels - 1))
         self.t_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.text_encoder = TextEncoder(
             len(self.tokenizer), cfg.max_text_len, d, cfg.heads, cfg.text_layers
         )
         self.text_pool = nn.Linear(d, d)
         self.stem_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
+        if cfg.arch == "unet":
+            self._init_unet(cfg)
+            self.default_lora_targets = UNET_LORA_TARGETS
+            return
+        chs = [ch * 2**level for level in range(cfg.stem_levels)]
+        self.grid = cfg.image_size // (p * 2 ** (cfg.stem_levels - 1))
         self.stem = nn.ModuleList(ResBlock(ch, d) for _ in range(cfg.stem_blocks))
         self.down = nn.ModuleList(
             nn.Conv2d(chs[i - 1], chs[i], 3, stride=2, padding=1) for i in range(1, len(chs))
@@ -609,15 +608,9 @@ class ToyBackbone(Backbone):
         nn.init.zeros_(self.head_out.bias)
 
     def _init_unet(self, cfg: ToyBackboneConfig) -> None:
+        """The U-Net layout (after the text, time and ``stem_in`` modules both layouts share)."""
         d, ch = cfg.dim, cfg.stem_channels
         chs = [ch * 2**level for level in range(cfg.stem_levels)]
-        self.grid = cfg.image_size // 2 ** (cfg.stem_levels - 1)
-        self.t_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
-        self.text_encoder = TextEncoder(
-            len(self.tokenizer), cfg.max_text_len, d, cfg.heads, cfg.text_layers
-        )
-        self.text_pool = nn.Linear(d, d)
-        self.stem_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
         if cfg.cond_add:
             self.cond_add_proj = nn.Conv2d(ch, ch, 1)
             nn.init.zeros_(self.cond_add_proj.weight)
@@ -654,10 +647,13 @@ class ToyBackbone(Backbone):
         cfg = self.config
 
         def rope(level: int) -> tuple[Tensor, Tensor] | None:
+            """The level's rotary tables; with a condition, its tokens get the same rows."""
             if level < cfg.attn_from_level:
                 return None
-            return getattr(self, f"rope_cos_{level}"), getattr(self, f"rope_sin_{level}")
+            cos, sin = getattr(self, f"rope_cos_{level}"), getattr(self, f"rope_sin_{level}")
+            return (torch.cat([cos, cos]), torch.cat([sin, sin])) if pair else (cos, sin)
 
+        ropes = [rope(level) for level in range(cfg.stem_levels)]  # once per forward
         h = self.stem_in(x)
         if pair and cfg.cond_add:
             b = h.shape[0] // 2
@@ -667,14 +663,14 @@ class ToyBackbone(Backbone):
             if level:
                 h = self.down[level - 1](h)
             for layer in layer_list:
-                h = layer(h, emb, pair, feats, mask, rope(level))
+                h = layer(h, emb, pair, feats, mask, ropes[level])
             skips.append(h)
         for layer in self.mid:
-            h = layer(h, emb, pair, feats, mask, rope(len(self.enc) - 1))
+            h = layer(h, emb, pair, feats, mask, ropes[-1])
         for level in range(len(self.enc) - 1, -1, -1):
             h = self.merge[level](torch.cat([h, skips[level]], 1))
             for layer in self.dec[level]:
-                h = layer(h, emb, pair, feats, mask, rope(level))
+                h = layer(h, emb, pair, feats, mask, ropes[level])
             if level:
                 h = self.up_conv[level - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.head_out(F.silu(self.head_norm(h)))
@@ -737,7 +733,7 @@ class ToyBackbone(Backbone):
             )
         if cond is not None and cond.shape != x_t.shape:
             raise ValueError(f"cond must match x_t {tuple(x_t.shape)}, got {tuple(cond.shape)}")
-        b, n = x_t.shape[0], self.grid * self.grid
+        b = x_t.shape[0]
         feats, mask, pooled = self._text(text)
         c_x = self.t_embed(timestep_embedding(t, self.config.dim)) + pooled  # (B, D)
         if self.config.arch == "unet":
@@ -749,6 +745,7 @@ class ToyBackbone(Backbone):
                 both = torch.cat([x_t, cond.to(x_t.dtype)], 0)
                 out = self._unet(both, torch.cat([c_x, c_y], 0), True, feats, mask)[:b]
             return self._velocity(out, x_t, t)
+        n = self.grid * self.grid
         skips, h = self._image_tokens(x_t, c_x)
         c, groups = c_x[:, None], [n]  # (B, 1, D): one modulation for all noisy tokens
         rope = (self.rope_cos, self.rope_sin) if self.config.pos_embed == "rope" else None
