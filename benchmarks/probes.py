@@ -7,6 +7,7 @@
     python benchmarks/probes.py words [--base DIR]         # does the base listen to each word?
     python benchmarks/probes.py trajectory [--base DIR] --png trajectory.png
     python benchmarks/probes.py denoise [--base DIR]       # does the base keep what x_t shows?
+    python benchmarks/probes.py editor --run RUN           # is the editor better than the base?
 
 * ``prior``: for held-out seen edits, the frozen base's caption-induced shift
   ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
@@ -33,6 +34,13 @@
   the oracle's accuracy per attribute on the result. Where the noised render still shows an
   attribute clearly, a base that has learnt the world keeps it; one that has not redraws it
   from the noise.
+* ``editor``: for ``--n`` held-out seen edits, the velocity loss of a run's editor
+  ``G(x_t, t, x_src, c_fwd)`` on the TRUE target's path ``x_t = (1 − t) x_tgt + t ε`` beside
+  the frozen base's ``B(x_t, t, c_tgt)`` on the same ``x_t`` (the caption of the target, no
+  source), per band of ``t``. The editor sees the source and the instruction, so a working
+  one is below the base in every band. Then its 20-step edits (EMA weights, as in the
+  training evaluation): edit success, preservation, and how many outputs read each
+  attribute other than the edited one differently from the source.
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 
@@ -333,13 +341,74 @@ def probe_denoise(args) -> list[str]:
     return out
 
 
+@torch.no_grad()
+def probe_editor(args) -> list[str]:
+    from byg.data.toy import render, to_tensor
+    from byg.eval.toy_metrics import CATEGORICAL, evaluate_edits
+    from byg.eval.toy_oracle import ToyOracle
+    from byg.toy_eval import editor_fn, run_method
+
+    cfg, ed = _editor(args.run)
+    ed.eval()
+    world = ToyWorldConfig(resolution=cfg.data.resolution)
+    ds = eval_dataset(world, "seen", args.n)
+    items = [ds[i] for i in range(len(ds))]
+    examples = [ds.example(i) for i in range(len(ds))]
+    x_src = torch.stack([it["x_src"] for it in items])
+    x_tgt = torch.stack([to_tensor(render(ex.tgt, world)) for ex in examples])
+    c_fwd = ed.encode_text([it["c_fwd"] for it in items])
+    c_tgt = ed.encode_text([it["c_tgt"] for it in items])
+    g = torch.Generator().manual_seed(0)
+    out = [
+        f"Editor `{args.run}` ({args.n} held-out seen edits): velocity loss (per-element mean) "
+        "on the true target's path.",
+        "",
+        "| t | editor G(x_t, x_src, c_fwd) | base B(x_t, c_tgt) |",
+        "|---|---|---|",
+    ]
+    for lo in (0.0, 0.2, 0.4, 0.6, 0.8):
+        t = lo + 0.2 * torch.rand(len(items), generator=g)
+        eps = torch.randn(x_tgt.shape, generator=g)
+        tb = t.view(-1, 1, 1, 1)
+        x_t, v = (1 - tb) * x_tgt + tb * eps, eps - x_tgt
+        le = F.mse_loss(ed(x_t, t, c_fwd, x_src), v).item()
+        with ed.base():
+            lb = F.mse_loss(ed(x_t, t, c_tgt, None), v).item()
+        out.append(f"| {lo:.1f}-{lo + 0.2:.1f} | {le:.4f} | {lb:.4f} |")
+    outs, _ = run_method(editor_fn(ed, steps=cfg.sample.steps, use_ema=True), ds)
+    res = evaluate_edits(outs, examples, ToyOracle.load(), world)
+    changed = collections.Counter(a for r in res["per_example"] for a in r["changed"])
+    moved = sum(r["centroid_err_px"] > 2.0 for r in res["per_example"])
+    ov = res["overall"]
+    out += [
+        "",
+        f"Its {cfg.sample.steps}-step edits: edit success {ov['edit_success']:.2f}, "
+        f"preservation {ov['preservation']:.2f}, PSNR {ov['psnr']:.1f} dB; outputs (of {args.n}) "
+        "reading another attribute differently from the source, and with the object moved:",
+        "",
+        "| " + " | ".join(CATEGORICAL) + " | moved |",
+        "|" + "---|" * (len(CATEGORICAL) + 1),
+        "| " + " | ".join(str(changed.get(a, 0)) for a in CATEGORICAL) + f" | {moved} |",
+    ]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "probe",
-        choices=["prior", "grads", "rollout", "samples", "words", "trajectory", "denoise"],
+        choices=[
+            "prior",
+            "grads",
+            "rollout",
+            "samples",
+            "words",
+            "trajectory",
+            "denoise",
+            "editor",
+        ],
     )
-    p.add_argument("--run", help="run folder or checkpoint (grads, rollout)")
+    p.add_argument("--run", help="run folder or checkpoint (grads, rollout, editor)")
     p.add_argument(
         "--n", type=int, default=160, help="held-out edits (prior, rollout) or scenes (denoise)"
     )
@@ -353,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "--png", type=Path, default=Path("base_samples.png"), help="PNG (samples, trajectory)"
     )
     args = p.parse_args(argv)
-    if args.probe in ("grads", "rollout") and not args.run:
+    if args.probe in ("grads", "rollout", "editor") and not args.run:
         p.error(f"{args.probe} needs --run")
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -365,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "words": probe_words,
         "trajectory": probe_trajectory,
         "denoise": probe_denoise,
+        "editor": probe_editor,
     }
     lines = probes[args.probe](args)
     text = "\n".join(lines) + "\n"

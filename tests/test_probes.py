@@ -76,3 +76,36 @@ def test_denoise_probe_reports_each_attribute_per_t(tmp_path):
     assert all(len(r) == 7 and all(0.0 <= x <= 1.0 for x in r) for r in rows.values())
     # the background survives denoising from t = 0.5 on the shipped base
     assert rows[0.5][0] >= 0.9
+
+
+def test_editor_probe_compares_with_the_base_and_counts_changes(tmp_path):
+    from byg.cli import main as byg_main
+
+    tiny = {  # a tiny fresh editor, two steps: the probe's plumbing, not its numbers
+        "model.options.dim": 32,
+        "model.options.depth": 1,
+        "model.options.heads": 2,
+        "model.options.stem_channels": 8,
+        "model.options.patch_size": 4,
+        "lora.rank": 2,
+        "train.batch_size": 2,
+        "train.steps": 2,
+        "train.eval_every": 0,
+        "train.num_threads": 1,
+        "byg.rollout_steps": 2,
+        "byg.warmup_steps": 1,
+        "byg.warmup_ratio": "null",
+        "sample.steps": 2,
+    }
+    run = tmp_path / "run"
+    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
+    assert byg_main(["train", "--config", "configs/toy_image.yaml", "--out", str(run), *sets]) == 0
+    probes = _load()
+    out = tmp_path / "editor.md"
+    assert probes.main(["editor", "--run", str(run), "--n", "8", "--out", str(out)]) == 0
+    lines = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    bands = [[c.strip() for c in line.strip("|").split("|")] for line in lines if "-" in line[:8]]
+    assert [b[0] for b in bands] == ["0.0-0.2", "0.2-0.4", "0.4-0.6", "0.6-0.8", "0.8-1.0"]
+    assert all(float(b[1]) > 0 and float(b[2]) > 0 for b in bands)
+    counts = [int(c) for c in lines[-1].strip("|").split("|")]
+    assert len(counts) == 8 and all(0 <= c <= 8 for c in counts)
