@@ -37,10 +37,11 @@
 * ``editor``: for ``--n`` held-out seen edits, the velocity loss of a run's editor
   ``G(x_t, t, x_src, c_fwd)`` on the TRUE target's path ``x_t = (1 − t) x_tgt + t ε`` beside
   the frozen base's ``B(x_t, t, c_tgt)`` on the same ``x_t`` (the caption of the target, no
-  source), per band of ``t``. The editor sees the source and the instruction, so a working
-  one is below the base in every band. Then its 20-step edits (EMA weights, as in the
-  training evaluation): edit success, preservation, and how many outputs read each
-  attribute other than the edited one differently from the source.
+  source), per band of ``t``, with the run's trained (not EMA) LoRA weights. The editor sees
+  the source and the instruction, so a working one is below the base in every band. Then
+  its edits (``sample.steps`` Euler steps, EMA weights, as in the training evaluation): edit
+  success, preservation, and how many outputs read each attribute other than the edited
+  one differently from the source, or moved the object.
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 
@@ -410,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--run", help="run folder or checkpoint (grads, rollout, editor)")
     p.add_argument(
-        "--n", type=int, default=160, help="held-out edits (prior, rollout) or scenes (denoise)"
+        "--n",
+        type=int,
+        default=160,
+        help="held-out edits (prior, rollout, editor) or scenes (denoise)",
     )
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
     p.add_argument(
