@@ -343,6 +343,13 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return torch.cat([args.cos(), args.sin()], -1)
 
 
+def cond_embedding(t_embed: nn.Module, t: Tensor, pooled: Tensor, config) -> Tensor:
+    """The condition image's modulation vector: its time (0 under ``cond_time: clean``, else
+    the noisy image's ``t``) embedded by ``t_embed``, plus the pooled caption."""
+    t_cond = torch.zeros_like(t) if config.cond_time == "clean" else t
+    return t_embed(timestep_embedding(t_cond, config.dim)) + pooled
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
@@ -740,8 +747,7 @@ class ToyBackbone(Backbone):
             if cond is None:
                 out = self._unet(x_t, c_x, False, feats, mask)
             else:
-                t_cond = torch.zeros_like(t) if self.config.cond_time == "clean" else t
-                c_y = self.t_embed(timestep_embedding(t_cond, self.config.dim)) + pooled
+                c_y = cond_embedding(self.t_embed, t, pooled, self.config)
                 both = torch.cat([x_t, cond.to(x_t.dtype)], 0)
                 out = self._unet(both, torch.cat([c_x, c_y], 0), True, feats, mask)[:b]
             return self._velocity(out, x_t, t)
@@ -750,8 +756,7 @@ class ToyBackbone(Backbone):
         c, groups = c_x[:, None], [n]  # (B, 1, D): one modulation for all noisy tokens
         rope = (self.rope_cos, self.rope_sin) if self.config.pos_embed == "rope" else None
         if cond is not None:
-            t_cond = torch.zeros_like(t) if self.config.cond_time == "clean" else t
-            c_y = self.t_embed(timestep_embedding(t_cond, self.config.dim)) + pooled
+            c_y = cond_embedding(self.t_embed, t, pooled, self.config)
             _, h_cond = self._image_tokens(cond, c_y)
             if self.config.cond_add:  # same grid, same token order: add position by position
                 h = h + self.cond_add_proj(h_cond)

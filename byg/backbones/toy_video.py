@@ -43,6 +43,7 @@ from byg.backbones.toy import (
     TextEncoder,
     UpBlock,
     WordTokenizer,
+    cond_embedding,
     modulate,
     split_words,
     timestep_embedding,
@@ -329,8 +330,7 @@ class ToyVideoBackbone(Backbone):
         rope = None if sincos else (self.rope_cos, self.rope_sin)
         c, groups = c_x[:, None], [n]
         if cond is not None:
-            t_cond = torch.zeros_like(t) if cfg.cond_time == "clean" else t
-            c_y = self.t_embed(timestep_embedding(t_cond, cfg.dim)) + pooled
+            c_y = cond_embedding(self.t_embed, t, pooled, cfg)
             _, h_cond = self.patch_tokens(cond, c_y)
             # the SAME positional codes as the noisy tokens (additive or rotary)
             h_cond = (h_cond + self.pos if sincos else h_cond) + self.type_cond
