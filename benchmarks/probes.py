@@ -344,7 +344,6 @@ def probe_denoise(args) -> list[str]:
 
 @torch.no_grad()
 def probe_editor(args) -> list[str]:
-    from byg.data.toy import render, to_tensor
     from byg.eval.toy_metrics import CATEGORICAL, evaluate_edits
     from byg.eval.toy_oracle import ToyOracle
     from byg.toy_eval import editor_fn, run_method
@@ -353,12 +352,8 @@ def probe_editor(args) -> list[str]:
     ed.eval()
     world = ToyWorldConfig(resolution=cfg.data.resolution)
     ds = eval_dataset(world, "seen", args.n)
-    items = [ds[i] for i in range(len(ds))]
-    examples = [ds.example(i) for i in range(len(ds))]
-    x_src = torch.stack([it["x_src"] for it in items])
-    x_tgt = torch.stack([to_tensor(render(ex.tgt, world)) for ex in examples])
-    c_fwd = ed.encode_text([it["c_fwd"] for it in items])
-    c_tgt = ed.encode_text([it["c_tgt"] for it in items])
+    b = collate_batch([ds[i] for i in range(len(ds))], ed, torch.device("cpu"))
+    x_src, x_tgt, c_fwd, c_tgt = b.x_src, b.x_tgt, b.text["fwd"], b.text["tgt"]
     g = torch.Generator().manual_seed(0)
     out = [
         f"Editor `{args.run}` ({args.n} held-out seen edits): velocity loss (per-element mean) "
@@ -368,7 +363,7 @@ def probe_editor(args) -> list[str]:
         "|---|---|---|",
     ]
     for lo in (0.0, 0.2, 0.4, 0.6, 0.8):
-        t = lo + 0.2 * torch.rand(len(items), generator=g)
+        t = lo + 0.2 * torch.rand(b.size, generator=g)
         eps = torch.randn(x_tgt.shape, generator=g)
         tb = t.view(-1, 1, 1, 1)
         x_t, v = (1 - tb) * x_tgt + tb * eps, eps - x_tgt
@@ -377,6 +372,7 @@ def probe_editor(args) -> list[str]:
             lb = F.mse_loss(ed(x_t, t, c_tgt, None), v).item()
         out.append(f"| {lo:.1f}-{lo + 0.2:.1f} | {le:.4f} | {lb:.4f} |")
     outs, _ = run_method(editor_fn(ed, steps=cfg.sample.steps, use_ema=True), ds)
+    examples = [ds.example(i) for i in range(len(ds))]
     res = evaluate_edits(outs, examples, ToyOracle.load(), world)
     changed = collections.Counter(a for r in res["per_example"] for a in r["changed"])
     moved = sum(r["centroid_err_px"] > 2.0 for r in res["per_example"])
