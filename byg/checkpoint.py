@@ -123,7 +123,7 @@ def save_checkpoint(
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     _remove_stale(ckpt_root)
-    final = ckpt_root / f"step_{step:07d}"
+    final = checkpoint_path(run_dir, step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp_step_{step:07d}_", dir=ckpt_root))
     try:
         save_file({k: v.contiguous().cpu() for k, v in lora.items()}, tmp / "lora.safetensors")
@@ -147,6 +147,11 @@ def save_checkpoint(
         for old in list_checkpoints(run_dir)[:-keep]:
             _discard(old)
     return final
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """Where step ``step``'s checkpoint of the run in ``run_dir`` lives."""
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}"
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -228,6 +233,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 __all__ = [
     "CheckpointError",
+    "checkpoint_path",
     "save_checkpoint",
     "load_checkpoint",
     "list_checkpoints",

@@ -3,6 +3,7 @@
 1. the toy text-to-image base (shipped, or pretrained here), with its caption accuracy;
 2. a ByG editor trained WITHOUT pairs (configs/toy_image.yaml), evaluated during training;
 3. an ``identity-only`` editor (the identity loss alone, same steps): what copying gives;
+   its first steps are the ByG run's identity-only warm-up, trained once and shared;
 4. ``identity`` (output = source): the floor every editor must beat on edit success;
 5. all evaluated on held-out seen and unseen edits; report.md, results.json, a sample
    grid and loss curves written to the output folder.
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from byg.checkpoint import checkpoint_path
 from byg.config import apply_overrides, from_dict, load_yaml
 from byg.infer import tensor_to_image
 from byg.run_config import RunConfig
@@ -207,13 +210,30 @@ def run_demo(
     curve: list[dict] = []
     hook = oracle_hook(cfg, curve=curve, oracle=oracle)
 
-    print(f"[demo] training ByG for {cfg.train.steps} steps (no pairs)")
-    res = train(cfg, out / "byg", hooks=[hook])
-    byg_editor = res["editor"]
-    print(f"[demo] training identity-only editor for {cfg.train.steps} steps")
+    # The ByG run starts with identity-only steps, exactly those of the identity-only
+    # editor (same seed, data, noise and optimiser): train that warm-up once, then let
+    # both runs continue from its checkpoint.
+    print(f"[demo] ByG run ({cfg.train.steps} steps, no pairs), part 1: identity-only warm-up")
+    for run in ("byg", "identity_only"):  # an earlier demo's runs here: start afresh
+        if (out / run).exists():
+            print(f"[demo] replacing the earlier run in {out / run}")
+            shutil.rmtree(out / run)
+    warm = train(cfg, out / "byg", hooks=[hook], until_warm=True)
+    fork = str(checkpoint_path(out / "byg", warm["steps"])) if warm["steps"] else None
+    print(
+        f"[demo] identity-only editor: continues the shared warm-up from step {warm['steps']}"
+        f" to {cfg.train.steps}"
+    )
     id_cfg = identity_only_config(cfg)
     id_cfg.train.eval_every = 0
-    res_id = train(id_cfg, out / "identity_only")
+    (out / "identity_only").mkdir(parents=True, exist_ok=True)
+    if fork:
+        shutil.copyfile(out / "byg" / "log.jsonl", out / "identity_only" / "log.jsonl")
+    res_id = train(id_cfg, out / "identity_only", resume=fork)
+    print(f"[demo] ByG run, part 2: ByG steps from step {warm['steps']}")
+    res = train(cfg, out / "byg", resume=fork, hooks=[hook])
+    res["history"] = warm["history"] + res["history"]
+    byg_editor = res["editor"]
 
     print("[demo] evaluating on held-out edits")
     methods = {

@@ -304,6 +304,7 @@ def train(
     hooks: list[StepHook] | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    until_warm: bool = False,
 ) -> dict[str, Any]:
     """Train an editor as configured; returns a summary dict.
 
@@ -317,6 +318,10 @@ def train(
             where ``train.eval_every`` divides ``step`` (and at the end).
         progress: show a tqdm bar (rank 0).
         stop_after: stop (with a checkpoint) after this many steps of this invocation.
+        until_warm: stop (with a checkpoint) once the objective's identity-only warm-up
+            has ended (ByG); a later ``resume`` continues the same run. ``byg demo`` uses it
+            to start its identity-only editor from the ByG run's warm-up, which the two
+            runs share step for step.
 
     Returns:
         ``{"steps": last completed step, "wall_seconds", "history": per-step log rows
@@ -443,6 +448,8 @@ def train(
     if is_main and tc.preview_every and cfg.data.source != "cache":
         preview_items = [dataset[i] for i in range(min(6, len(dataset)))]
     end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
+    if until_warm and getattr(objective, "warmup_done", True):
+        end = start  # the warm-up is over already: nothing to do
     nan_steps = _fault_micro_steps(FAULT_NAN_AT_STEP)
     hang_steps = _fault_steps(FAULT_HANG_AT_STEP)
 
@@ -642,6 +649,8 @@ def train(
                 if is_main:
                     bar.write(f"stopping on a signal: saving step {last_good} and exiting")
                 break
+            if until_warm and getattr(objective, "warmup_done", True):
+                break  # saved just below
         if last_good > saved_at["step"]:
             do_save(last_good)
     finally:

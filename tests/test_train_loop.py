@@ -75,6 +75,40 @@ def test_resume_is_exact(tiny_run, tmp_path):
     assert ckpt["state"]["step"] == 8 and ckpt["config"]["model"]["backbone"] == "tiny"
 
 
+def _same_weights(a, b) -> None:
+    for get in ("lora_state_dict", "ema_state_dict"):
+        wa, wb = getattr(a["editor"], get)(), getattr(b["editor"], get)()
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), (get, k)
+
+
+def test_until_warm_forks_the_identity_only_run_from_the_byg_warmup(tiny_run, tmp_path):
+    """What ``byg demo`` relies on: ByG's warm-up is the identity-only run's first steps.
+
+    The ratio test never passes here, so the ByG warm-up runs to ``warmup_max_steps`` (5),
+    past the identity-only run's own warm-up (3 steps, then identity steps by coin).
+    """
+    from byg.checkpoint import checkpoint_path
+    from byg.demo import identity_only_config
+
+    cfg = tiny_run("byg.warmup_steps=3", "byg.warmup_ratio=0.0", "byg.warmup_max_steps=5")
+    warm = train_mod.train(cfg, tmp_path / "byg", until_warm=True, progress=False)
+    assert warm["steps"] == 5 and all(h["kind"] == "identity" for h in warm["history"])
+    fork = str(checkpoint_path(tmp_path / "byg", 5))
+    assert [p.name for p in list_checkpoints(tmp_path / "byg")] == ["step_0000004", "step_0000005"]
+    id_cfg = identity_only_config(cfg)
+    forked = train_mod.train(id_cfg, tmp_path / "id", resume=fork, progress=False)
+    straight = train_mod.train(id_cfg, tmp_path / "id_straight", progress=False)
+    _same_weights(forked, straight)
+    byg = train_mod.train(cfg, tmp_path / "byg", resume=fork, progress=False)
+    assert [h["kind"] for h in byg["history"]].count("full") > 0
+    _same_weights(byg, train_mod.train(cfg, tmp_path / "byg_straight", progress=False))
+    # a run already past its warm-up has nothing to do
+    again = train_mod.train(cfg, tmp_path / "byg", resume="latest", until_warm=True, progress=False)
+    assert again["steps"] == 8 and again["history"] == []
+
+
 def test_resume_refuses_other_rank(tiny_run, tmp_path):
     train_mod.train(tiny_run(), tmp_path, stop_after=4, progress=False)
     with pytest.raises(train_mod.TrainingError, match="lora.rank"):
