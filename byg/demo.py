@@ -90,6 +90,10 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
         "",
         _warmup_line(results),
         "",
+        f"The identity-only editor is the ByG run up to step "
+        f"{results.get('identity_only_shared_steps', 0)} (the warm-up, trained once), continued "
+        f"with identity-only steps to step {results['steps']}.",
+        "",
         "## Held-out edits",
         "",
         "| method | split | edit success | preservation | PSNR to GT (dB) | n |",
@@ -265,6 +269,7 @@ def run_demo(
         results["warmup_last_loss_id"] = last["loss_id"]
         results["warmup_last_loss_base"] = last["loss_base_uncond"]
     results["steps"] = cfg.train.steps
+    results["identity_only_shared_steps"] = warm["steps"]
     results["quick"] = quick
     results["wall_seconds"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(results, indent=1))

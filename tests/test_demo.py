@@ -33,3 +33,24 @@ def test_demo_configs_use_the_shipped_settings_and_identity_only_differs_only_in
         if getattr(cfg.byg, f.name) != getattr(ido.byg, f.name)
     }
     assert changed <= {"p_id", "warmup_ratio", "no_identity_steps"}
+
+
+def test_report_states_the_shared_warmup_and_every_method(tmp_path):
+    from byg.demo import write_report
+
+    m = {"edit_success": 0.5, "preservation": 0.75, "psnr": 20.0, "n": 4}
+    results = {
+        "wall_seconds": 12.0,
+        "base_oracle_accuracy": 0.9,
+        "steps": 800,
+        "warmup_end_step": 461,
+        "identity_only_shared_steps": 460,
+        **{k: {"seen": m, "unseen": m} for k in ("identity", "identity-only", "byg")},
+        "byg_by_type": {"seen": {"colour": m}, "unseen": {"style": m}},
+        "curve": [{"step": 100, "edit_success": 0.1, "preservation": 0.9, "psnr": 19.0}],
+    }
+    write_report(tmp_path, results)
+    text = (tmp_path / "report.md").read_text()
+    assert "the ByG run up to step 460" in text and "to step 800" in text
+    assert text.count("| 0.500 | 0.750 |") == 8  # 3 methods x 2 splits + 2 edit types
+    assert "| 100 | 0.100 | 0.900 |" in text
