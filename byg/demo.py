@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -56,9 +57,12 @@ def demo_config(quick: bool, steps: int | None, base_dir: Path | None) -> RunCon
 
 
 def identity_only_config(cfg: RunConfig) -> RunConfig:
-    """Same editor, steps and optimiser; every step is an identity-only step."""
+    """Same editor, steps and optimiser; every step is an identity-only step.
+
+    A deep copy: changing the result (the demo turns its evaluations off) leaves ``cfg`` as is.
+    """
     byg = dataclasses.replace(cfg.byg, p_id=1.0, warmup_ratio=None, no_identity_steps=False)
-    return dataclasses.replace(cfg, name=cfg.name + "_identity_only", byg=byg)
+    return copy.deepcopy(dataclasses.replace(cfg, name=cfg.name + "_identity_only", byg=byg))
 
 
 def ensure_base(

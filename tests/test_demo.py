@@ -33,6 +33,8 @@ def test_demo_configs_use_the_shipped_settings_and_identity_only_differs_only_in
         if getattr(cfg.byg, f.name) != getattr(ido.byg, f.name)
     }
     assert changed <= {"p_id", "warmup_ratio", "no_identity_steps"}
+    ido.train.eval_every = 0  # what the demo does: the ByG run must keep its evaluations
+    assert cfg.train.eval_every == 200 and ido.model.options is not cfg.model.options
 
 
 def test_report_states_the_shared_warmup_and_every_method(tmp_path):
