@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from byg.data.toy import ToyWorldConfig
+from byg.flow import sample_path
 from byg.infer import build_editor, load_editor
 from byg.objectives.byg import ByGObjective
 from byg.run_config import load_run_config
@@ -364,12 +365,10 @@ def probe_editor(args) -> list[str]:
     ]
     for lo in (0.0, 0.2, 0.4, 0.6, 0.8):
         t = lo + 0.2 * torch.rand(b.size, generator=g)
-        eps = torch.randn(x_tgt.shape, generator=g)
-        tb = t.view(-1, 1, 1, 1)
-        x_t, v = (1 - tb) * x_tgt + tb * eps, eps - x_tgt
-        le = F.mse_loss(ed(x_t, t, c_fwd, x_src), v).item()
+        path = sample_path(x_tgt, torch.randn(x_tgt.shape, generator=g), t)
+        le = F.mse_loss(ed(path.x_t, t, c_fwd, x_src), path.velocity).item()
         with ed.base():
-            lb = F.mse_loss(ed(x_t, t, c_tgt, None), v).item()
+            lb = F.mse_loss(ed(path.x_t, t, c_tgt, None), path.velocity).item()
         out.append(f"| {lo:.1f}-{lo + 0.2:.1f} | {le:.4f} | {lb:.4f} |")
     outs, _ = run_method(editor_fn(ed, steps=cfg.sample.steps, use_ema=True), ds)
     examples = [ds.example(i) for i in range(len(ds))]

@@ -124,7 +124,7 @@ def save_checkpoint(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     _remove_stale(ckpt_root)
     final = checkpoint_path(run_dir, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_step_{step:07d}_", dir=ckpt_root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{final.name}_", dir=ckpt_root))
     try:
         save_file({k: v.contiguous().cpu() for k, v in lora.items()}, tmp / "lora.safetensors")
         _fault_in_save(run_dir, step)
