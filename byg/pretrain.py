@@ -32,7 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from byg.backbones.toy import ToyBackbone, ToyBackboneConfig, save_toy_backbone
+from byg.backbones.toy import (
+    ToyBackbone,
+    ToyBackboneConfig,
+    load_toy_backbone,
+    save_toy_backbone,
+)
 from byg.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from byg.flow import sample_path, sample_timesteps
 
@@ -65,10 +70,15 @@ class DataConfig:
 
     world: dict[str, Any] = field(default_factory=dict)  # ToyWorldConfig fields
     pool_size: int = 20_000
+    #: share of prompts that are an instruction whose result is the scene
+    #: (``byg.data.toy.instruction_prompt``) instead of its caption
+    instruction_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pool_size < 1:
             raise ValueError(f"pool_size must be >= 1, got {self.pool_size}")
+        if not 0.0 <= self.instruction_prob <= 1.0:
+            raise ValueError(f"instruction_prob must be in [0, 1], got {self.instruction_prob}")
 
 
 @dataclass
@@ -113,6 +123,7 @@ class PretrainConfig:
     num_threads: int = 2
     log_every: int = 25
     save_every: int = 0  # also write the EMA weights every N steps (0: only at the end)
+    init_from: str | None = None  # a base folder (model.safetensors) to continue from
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "num_threads", "log_every"):
@@ -298,6 +309,57 @@ def caption_accuracy(
     }
 
 
+def instruction_accuracy(
+    model: ToyBackbone, world, ecfg: EvalConfig, oracle=None, progress: bool = True
+) -> dict[str, Any]:
+    """How often a text-to-image sample from an instruction prompt shows what it names.
+
+    For ``ecfg.num_samples`` held-out scenes, the prompt is an instruction that ends at the
+    scene (``byg.data.toy.instruction_prompt``); the oracle reads the attribute the
+    instruction names on the sample. Returns ``{"accuracy": {edit_type: float}, "mean",
+    "n"}`` (``mean`` over samples). A base pretrained on captions alone has never seen
+    the instruction words; ``data.instruction_prob`` teaches them.
+    """
+    from byg.data.toy import EDIT_ATTRIBUTE, instruction_prompt
+    from byg.eval.toy_oracle import ToyOracle
+
+    oracle = oracle or ToyOracle.load()
+    scenes, _ = eval_scenes(world, ecfg.num_samples, ecfg.seed + 1)
+    prompts, kinds = [], []
+    for i, scene in enumerate(scenes):
+        text, kind = instruction_prompt(scene, np.random.default_rng([ecfg.seed, 23, i]), world)
+        prompts.append(text)
+        kinds.append(kind)
+    images = [
+        generate(
+            model,
+            prompts[s : s + ecfg.batch_size],
+            steps=ecfg.sample_steps,
+            cfg_scale=ecfg.cfg_scale,
+            shift=ecfg.shift,
+            seed=ecfg.seed + 1 + s,
+            batch_size=ecfg.batch_size,
+        )
+        for s in tqdm(
+            range(0, len(prompts), ecfg.batch_size),
+            desc="eval instructions",
+            leave=False,
+            disable=not progress,
+        )
+    ]
+    reads = oracle.read(torch.cat(images))
+    hits: dict[str, list[bool]] = {}
+    for read, scene, kind in zip(reads, scenes, kinds):
+        attr = EDIT_ATTRIBUTE[kind]
+        hits.setdefault(kind, []).append(read[attr] == scene.attributes()[attr])
+    every = [h for rows in hits.values() for h in rows]
+    return {
+        "accuracy": {k: float(np.mean(v)) for k, v in sorted(hits.items())},
+        "mean": float(np.mean(every)),
+        "n": len(every),
+    }
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -317,6 +379,14 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
     world = world_config(cfg)
     torch.manual_seed(cfg.seed)
     model = ToyBackbone(cfg.model).train()
+    if cfg.init_from:
+        start = load_toy_backbone(cfg.init_from)
+        if start.config != model.config:
+            raise ValueError(
+                f"init_from {cfg.init_from!r}: its model config differs from this run's "
+                f"({_config_diff(start.config, model.config)})"
+            )
+        model.load_state_dict(start.state_dict())
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay
@@ -334,7 +404,9 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
             order, cursor, epoch = torch.randperm(len(scenes), generator=gen), 0, epoch + 1
         idx = order[cursor : cursor + cfg.batch_size].tolist()
         cursor += cfg.batch_size
-        prompts = [_caption(scenes[i], cfg.seed, epoch, i) for i in idx]
+        prompts = [
+            _prompt(scenes[i], cfg.seed, epoch, i, world, cfg.data.instruction_prob) for i in idx
+        ]
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         x0 = uint8_to_model(pool[idx])  # (B, 3, H, W)
@@ -385,6 +457,9 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
     result: dict[str, Any] = {}
     if cfg.eval.num_samples > 0:
         result = caption_accuracy(ema, world, cfg.eval, progress=progress)
+        result["instruction_following"] = instruction_accuracy(
+            ema, world, cfg.eval, progress=progress
+        )
     result.update(
         train_seconds=round(train_seconds, 1),
         wall_seconds=round(time.time() - t_start, 1),
@@ -399,10 +474,19 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
     return result
 
 
-def _caption(scene, seed: int, epoch: int, index: int) -> str:
-    from byg.data.toy import caption
+def _prompt(scene, seed: int, epoch: int, index: int, world, instruction_prob: float) -> str:
+    """The scene's caption, or with ``instruction_prob`` an instruction that ends at it."""
+    from byg.data.toy import caption, instruction_prompt
 
-    return caption(scene, np.random.default_rng([seed, 17, epoch, index]))
+    rng = np.random.default_rng([seed, 17, epoch, index])
+    if instruction_prob and rng.random() < instruction_prob:
+        return instruction_prompt(scene, rng, world)[0]
+    return caption(scene, rng)
+
+
+def _config_diff(a, b) -> str:
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    return ", ".join(f"{k}: {da[k]!r} vs {db[k]!r}" for k in da if da[k] != db[k] and k != "vocab")
 
 
 # ----------------------------------------------------------------------------- CLI

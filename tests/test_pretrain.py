@@ -152,3 +152,36 @@ def test_save_every_writes_snapshots_before_the_end(tmp_path, monkeypatch):
     assert "step" not in json.loads((tmp_path / "base" / "config.json").read_text())
     with pytest.raises(ConfigError, match="save_every"):
         load_pretrain_config(overrides=["save_every=-1"])
+
+
+def test_init_from_continues_from_a_base_and_instruction_prompts_are_counted(tmp_path):
+    """``init_from`` starts from a saved base's weights (one step at a tiny lr moves them
+    only a little); a model config that differs from the saved one is an error naming the
+    field; ``data.instruction_prob`` turns that share of prompts into instructions."""
+    import numpy as np
+
+    from byg.data.toy import ToyWorldConfig, sample_scene
+    from byg.pretrain import _prompt
+
+    cfg = load_pretrain_config(overrides=TINY + ["steps=2"])
+    pretrain_base(cfg, tmp_path / "a", progress=False)
+    more = TINY + ["steps=1", "lr=1e-9", "warmup_steps=0", f"init_from={tmp_path / 'a'}"]
+    pretrain_base(load_pretrain_config(overrides=more), tmp_path / "b", progress=False)
+    fresh = TINY + ["steps=1", "lr=1e-9", "warmup_steps=0", "seed=1"]
+    pretrain_base(load_pretrain_config(overrides=fresh), tmp_path / "c", progress=False)
+    a, b, c = (load_toy_backbone(tmp_path / n).state_dict() for n in "abc")
+    gap_b = max((a[k] - b[k]).abs().max().item() for k in a)
+    gap_c = max((a[k] - c[k]).abs().max().item() for k in a)
+    assert gap_b < 1e-3 < gap_c  # continued from a, not from a fresh init
+    bad = load_pretrain_config(overrides=more + ["model.dim=64"])
+    with pytest.raises(ValueError, match="init_from.*dim: 32 vs 64"):
+        pretrain_base(bad, tmp_path / "d", progress=False)
+
+    world = ToyWorldConfig()
+    scene = sample_scene(np.random.default_rng(0), world)
+    for p, lo, hi in ((0.0, 0, 0), (0.3, 50, 130), (1.0, 300, 300)):
+        prompts = [_prompt(scene, 0, 0, i, world, p) for i in range(300)]
+        n = sum(q.split()[0] not in ("a", "an") for q in prompts)  # captions start so
+        assert lo <= n <= hi, (p, n)
+    with pytest.raises(ValueError, match="instruction_prob"):
+        load_pretrain_config(overrides=TINY + ["data.instruction_prob=1.5"])

@@ -137,6 +137,16 @@ class ToyBackboneConfig:
             noisy ones along the token axis in every attention layer (joint attention, the
             U-Net form of the token concatenation); ``cond_add`` adds its full-resolution
             stem features to the noisy ones through a zero-initialised 1x1 conv.
+        cond_add_levels: ``arch: unet`` with ``cond_add``: the condition's features are also
+            added at the output of this many encoder levels (finest first), each through its
+            own zero-initialised 1x1 conv (``cond_level_add.{l}.cond_add_proj``), so that the
+            source reaches the decoder's skips at every resolution, not only through the
+            stem. ``0``: the stem only.
+        cond_tokens: ``arch: unet``: whether the condition's tokens join the noisy ones in
+            attention (token-axis concatenation). ``False`` (with ``cond_add``): the
+            condition enters only through the zero-initialised additions, so an editor
+            with its LoRA at zero *is* the base under its text, condition or not; the
+            condition then runs only through the encoder (its decoder pass is skipped).
         attn_from_level: first U-Net level (0 = full resolution) with attention (``unet``).
         vocab: tokenizer words (without specials); ``None`` = the toy world's vocabulary.
     """
@@ -160,6 +170,8 @@ class ToyBackboneConfig:
     prediction: Literal["velocity", "sample"] = "velocity"
     sample_t_min: float = 0.05
     cond_add: bool = False
+    cond_add_levels: int = 0
+    cond_tokens: bool = True
     arch: Literal["hybrid", "unet"] = "hybrid"
     attn_from_level: int = 1
     vocab: list[str] | None = field(default=None)
@@ -185,6 +197,8 @@ class ToyBackboneConfig:
             raise ValueError(f"arch must be 'hybrid' or 'unet', got {self.arch!r}")
         if self.arch == "unet":
             self._check_unet()
+        elif self.cond_add_levels or not self.cond_tokens:
+            raise ValueError("cond_add_levels and cond_tokens: false need arch='unet'")
         elif self.image_size % (self.patch_size * 2 ** (self.stem_levels - 1)):
             raise ValueError(
                 f"patch_size={self.patch_size} x 2**(stem_levels-1)="
@@ -219,6 +233,13 @@ class ToyBackboneConfig:
                 raise ValueError(f"vocab has duplicate words {dup[:5]}")
 
     def _check_unet(self) -> None:
+        if not 0 <= self.cond_add_levels <= self.stem_levels:
+            raise ValueError(
+                f"cond_add_levels must be in [0, stem_levels={self.stem_levels}], "
+                f"got {self.cond_add_levels}"
+            )
+        if (self.cond_add_levels or not self.cond_tokens) and not self.cond_add:
+            raise ValueError("cond_add_levels > 0 and cond_tokens: false need cond_add: true")
         if self.image_size % 2 ** (self.stem_levels - 1):
             raise ValueError(
                 f"arch='unet': 2**(stem_levels-1)={2 ** (self.stem_levels - 1)} must divide "
@@ -491,6 +512,22 @@ class DiTBlock(nn.Module):
         return x + g2 * h
 
 
+def _zero_conv(ch: int) -> nn.Conv2d:
+    """A zero-initialised 1x1 conv: a way in for the condition that starts closed."""
+    conv = nn.Conv2d(ch, ch, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class _CondAdd(nn.Module):
+    """Holds one level's ``cond_add_proj`` (so LoRA's ``cond_add_proj`` target matches it)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.cond_add_proj = _zero_conv(ch)
+
+
 class UNetLayer(nn.Module):
     """One U-Net layer: a ``ResBlock``, then (``attn``) a ``DiTBlock`` over its pixels as tokens.
 
@@ -619,9 +656,10 @@ class ToyBackbone(Backbone):
         d, ch = cfg.dim, cfg.stem_channels
         chs = [ch * 2**level for level in range(cfg.stem_levels)]
         if cfg.cond_add:
-            self.cond_add_proj = nn.Conv2d(ch, ch, 1)
-            nn.init.zeros_(self.cond_add_proj.weight)
-            nn.init.zeros_(self.cond_add_proj.bias)
+            self.cond_add_proj = _zero_conv(ch)
+            self.cond_level_add = nn.ModuleList(
+                _CondAdd(chs[level]) for level in range(cfg.cond_add_levels)
+            )
 
         def layers(level: int, n: int) -> nn.ModuleList:
             attn = level >= cfg.attn_from_level
@@ -653,31 +691,42 @@ class ToyBackbone(Backbone):
         """U-Net over ``x [b2, C, H, W]`` (noisy images, then their conditions when ``pair``)."""
         cfg = self.config
 
+        joint = pair and cfg.cond_tokens  # condition tokens in the noisy tokens' attention
+
         def rope(level: int) -> tuple[Tensor, Tensor] | None:
-            """The level's rotary tables; with a condition, its tokens get the same rows."""
+            """The level's rotary tables; with joint tokens, the condition gets the same rows."""
             if level < cfg.attn_from_level:
                 return None
             cos, sin = getattr(self, f"rope_cos_{level}"), getattr(self, f"rope_sin_{level}")
-            return (torch.cat([cos, cos]), torch.cat([sin, sin])) if pair else (cos, sin)
+            return (torch.cat([cos, cos]), torch.cat([sin, sin])) if joint else (cos, sin)
 
         ropes = [rope(level) for level in range(cfg.stem_levels)]  # once per forward
         h = self.stem_in(x)
+        b = h.shape[0] // 2 if pair else h.shape[0]
         if pair and cfg.cond_add:
-            b = h.shape[0] // 2
             h = torch.cat([h[:b] + self.cond_add_proj(h[b:]), h[b:]], 0)
+        if pair and not joint and not cfg.cond_add_levels:
+            h, emb = h[:b], emb[:b]  # the condition is in and has nothing more to give
+        if pair and not joint and h.shape[0] > b:  # noisy and condition images, each on its own
+            feats, mask = torch.cat([feats, feats]), torch.cat([mask, mask])
         skips = []
         for level, layer_list in enumerate(self.enc):
             if level:
                 h = self.down[level - 1](h)
             for layer in layer_list:
-                h = layer(h, emb, pair, feats, mask, ropes[level])
-            skips.append(h)
+                h = layer(h, emb, joint, feats[: h.shape[0]], mask[: h.shape[0]], ropes[level])
+            if pair and level < cfg.cond_add_levels:
+                h = torch.cat([h[:b] + self.cond_level_add[level].cond_add_proj(h[b:]), h[b:]])
+                if not joint and level == cfg.cond_add_levels - 1:
+                    h, emb = h[:b], emb[:b]
+            skips.append(h[:b] if pair and not joint else h)
+        feats, mask = feats[: len(emb)], mask[: len(emb)]
         for layer in self.mid:
-            h = layer(h, emb, pair, feats, mask, ropes[-1])
+            h = layer(h, emb, joint, feats, mask, ropes[-1])
         for level in range(len(self.enc) - 1, -1, -1):
             h = self.merge[level](torch.cat([h, skips[level]], 1))
             for layer in self.dec[level]:
-                h = layer(h, emb, pair, feats, mask, ropes[level])
+                h = layer(h, emb, joint, feats, mask, ropes[level])
             if level:
                 h = self.up_conv[level - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.head_out(F.silu(self.head_norm(h)))
@@ -809,12 +858,17 @@ def save_toy_backbone(model: ToyBackbone, path: str | Path, extra: dict | None =
     return path
 
 
-def load_toy_backbone(path: str | Path, cond_add: bool | None = None) -> ToyBackbone:
+#: config fields an editor may set on a saved base: how the condition enters the model
+EDITOR_OPTIONS: tuple[str, ...] = ("cond_add", "cond_add_levels", "cond_tokens")
+
+
+def load_toy_backbone(path: str | Path, **editor_options: Any) -> ToyBackbone:
     """Load a folder written by ``save_toy_backbone`` (strict: every tensor must match).
 
-    ``cond_add``: ``None`` keeps the saved config; ``True``/``False`` overrides its
-    ``cond_add``. Turned on for a checkpoint saved without it, the projection is the only
-    tensor allowed to be missing, and it keeps its zero initialisation.
+    ``editor_options`` (``EDITOR_OPTIONS``; ``None`` keeps the saved value) override how
+    the condition enters the model. Zero-initialised projections the checkpoint lacks
+    (``cond_add_proj``, turned on for a base saved without them) are the only tensors allowed
+    to be missing, and they keep their zero initialisation.
     """
     from safetensors.torch import load_file
 
@@ -828,14 +882,20 @@ def load_toy_backbone(path: str | Path, cond_add: bool | None = None) -> ToyBack
     if desc.get("class") != "ToyBackbone" or "config" not in desc:
         raise ValueError(f"{meta_file} does not describe a ToyBackbone: {desc.get('class')!r}")
     saved = _config_from_dict(desc["config"])
-    config = saved if cond_add is None else dataclasses.replace(saved, cond_add=bool(cond_add))
+    unknown = sorted(set(editor_options) - set(EDITOR_OPTIONS))
+    if unknown:
+        raise ValueError(f"toy backbone: unknown editor option(s) {unknown}; have {EDITOR_OPTIONS}")
+    changes = {k: v for k, v in editor_options.items() if v is not None}
+    config = dataclasses.replace(saved, **changes) if changes else saved
     model = ToyBackbone(config)
-    state = load_file(str(weights))
-    if not config.cond_add:
-        state = {k: v for k, v in state.items() if not k.startswith("cond_add_proj.")}
+    wanted = set(model.state_dict())
+    state = {
+        k: v for k, v in load_file(str(weights)).items() if k in wanted or "cond_add_proj" not in k
+    }  # projections turned off on load
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if not saved.cond_add:  # added on load: the projection keeps its zero initialisation
-        missing = [k for k in missing if not k.startswith("cond_add_proj.")]
+    if config != saved:  # projections the saved layout lacks start at zero
+        had = set(ToyBackbone(saved).state_dict())
+        missing = [k for k in missing if k in had or "cond_add_proj" not in k]
     if missing or unexpected:
         raise ValueError(
             f"{weights} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
@@ -843,14 +903,14 @@ def load_toy_backbone(path: str | Path, cond_add: bool | None = None) -> ToyBack
     return model.eval()
 
 
-def load_toy_base(path: str | Path | None = None, cond_add: bool | None = None) -> ToyBackbone:
+def load_toy_base(path: str | Path | None = None, **editor_options: Any) -> ToyBackbone:
     """The pretrained toy base (default: the shipped ``byg/assets/toy_base``)."""
     path = Path(path) if path is not None else SHIPPED_BASE
     if path == SHIPPED_BASE and not (path / "model.safetensors").exists():
         raise FileNotFoundError(
             f"no shipped toy base at {path}; create one with `byg pretrain-base --out {path}`"
         )
-    return load_toy_backbone(path, cond_add=cond_add)
+    return load_toy_backbone(path, **editor_options)
 
 
 def build(options: dict[str, Any]) -> ToyBackbone:
@@ -859,23 +919,28 @@ def build(options: dict[str, Any]) -> ToyBackbone:
     ``options``:
         ``{}``: the shipped pretrained base (``load_toy_base()``);
         ``{"checkpoint": DIR}``: a folder with ``model.safetensors`` + ``config.json``;
-        either of these with ``"cond_add": true``: the same weights with the zero-initialised
-        condition projection added (``ToyBackboneConfig.cond_add``), for an editor;
+        either of these with ``EDITOR_OPTIONS`` (``"cond_add": true``, ``"cond_add_levels"``,
+        ``"cond_tokens"``): the same weights with the zero-initialised condition
+        projections added or the condition's way in changed, for an editor;
         ``{"config": {...}}`` or ``ToyBackboneConfig`` fields directly: a freshly
         initialised model (for tests and pretraining).
     """
     options = dict(options)
-    if "checkpoint" in options or set(options) <= {"cond_add"}:
+    if "checkpoint" in options or set(options) <= set(EDITOR_OPTIONS):
         ckpt = options.pop("checkpoint", None)
-        cond_add = options.pop("cond_add", None)
+        editor = {k: options.pop(k) for k in EDITOR_OPTIONS if k in options}
         if options:
             raise ValueError(
-                "toy backbone: 'checkpoint' allows only 'cond_add' beside it, "
+                f"toy backbone: 'checkpoint' allows only {list(EDITOR_OPTIONS)} beside it, "
                 f"got {sorted(options)}"
             )
-        if cond_add is not None and not isinstance(cond_add, bool):
-            raise ValueError(f"toy backbone: 'cond_add' must be true or false, got {cond_add!r}")
-        return load_toy_base(ckpt, cond_add=cond_add)
+        for k in ("cond_add", "cond_tokens"):
+            if k in editor and not isinstance(editor[k], bool):
+                raise ValueError(f"toy backbone: {k!r} must be true or false, got {editor[k]!r}")
+        levels = editor.get("cond_add_levels")
+        if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)):
+            raise ValueError(f"toy backbone: 'cond_add_levels' must be an integer, got {levels!r}")
+        return load_toy_base(ckpt, **editor)
     if "config" in options:
         cfg = options.pop("config")
         if options:
@@ -891,6 +956,7 @@ __all__ = [
     "UNET_LORA_TARGETS",
     "ToyBackbone",
     "ToyBackboneConfig",
+    "EDITOR_OPTIONS",
     "WordTokenizer",
     "build",
     "load_toy_backbone",

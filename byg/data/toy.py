@@ -733,6 +733,37 @@ def sample_edit(
     raise RuntimeError(f"could not draw an edit for split {split!r} in 1000 tries under {cfg}")
 
 
+def instruction_prompt(
+    scene: Scene, rng: np.random.Generator, cfg: ToyWorldConfig
+) -> tuple[str, str]:
+    """An instruction whose result is ``scene``, and its edit type: the edit of a random type
+    from a source that differs from ``scene`` in that one attribute
+    (``instruction(source, scene, ...)``). It names ``scene``'s value of that attribute.
+
+    Every edit type and value is drawn, unseen ones included, as in captions: this is text
+    for the base's pretraining (``byg pretrain-base``, ``data.instruction_prob``), which
+    learns the words of instructions the way a real base's text encoder already knows them.
+    No edit tuple is formed and no source image is rendered.
+    """
+    for _ in range(100):
+        edit_type = _choice(rng, cfg.edit_types)
+        if edit_type == "add":
+            if scene.second is None:
+                continue
+            src = dataclasses.replace(scene, second=None)
+        elif edit_type == "remove":
+            if scene.second is not None:
+                continue
+            src = dataclasses.replace(scene, second=_sample_second(rng, scene))
+        else:
+            options = _target_candidates(scene, edit_type, cfg, unseen=False, type_unseen=True)
+            if not options:
+                continue
+            src = dataclasses.replace(scene, **{EDIT_ATTRIBUTE[edit_type]: _choice(rng, options)})
+        return instruction(src, scene, edit_type, rng), edit_type
+    raise ValueError(f"no edit type of {cfg.edit_types} can end at {scene}")
+
+
 def _reverse_type(edit_type: str) -> str:
     return {"add": "remove", "remove": "add"}.get(edit_type, edit_type)
 
@@ -873,6 +904,7 @@ __all__ = [
     "from_tensor",
     "caption",
     "instruction",
+    "instruction_prompt",
     "vocabulary",
     "EditExample",
     "sample_edit",

@@ -311,10 +311,22 @@ def test_bad_config_names_the_field():
         ToyBackboneConfig(
             arch="unet", pos_embed="rope", stem_channels=24, heads=4, attn_from_level=0
         )
-    with pytest.raises(ValueError, match="allows only 'cond_add'"):
+    with pytest.raises(ValueError, match=r"allows only \['cond_add'"):
         build_backbone("toy", {"checkpoint": "x", "dim": 8})
     with pytest.raises(ValueError, match="'cond_add' must be true or false"):
         build_backbone("toy", {"checkpoint": "x", "cond_add": "yes"})
+    with pytest.raises(ValueError, match="'cond_tokens' must be true or false"):
+        build_backbone("toy", {"checkpoint": "x", "cond_tokens": 0})
+    with pytest.raises(ValueError, match="'cond_add_levels' must be an integer"):
+        build_backbone("toy", {"checkpoint": "x", "cond_add_levels": "2"})
+    with pytest.raises(ValueError, match="need cond_add: true"):
+        ToyBackboneConfig(arch="unet", pos_embed="rope", stem_levels=2, cond_add_levels=1)
+    with pytest.raises(ValueError, match="cond_add_levels must be in"):
+        ToyBackboneConfig(
+            arch="unet", pos_embed="rope", stem_levels=2, cond_add=True, cond_add_levels=3
+        )
+    with pytest.raises(ValueError, match="need arch='unet'"):
+        ToyBackboneConfig(cond_add=True, cond_tokens=False)
 
 
 @pytest.mark.parametrize("layout", [{}, UNET], ids=["default", "unet"])
@@ -432,3 +444,37 @@ def test_text_encoder_reads_word_order_from_the_start():
     swapped[:, [2, 6]] = fb[:, [6, 2]]
     rel = (fa - swapped).norm() / fa.norm()
     assert rel > 0.3, float(rel)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2])
+def test_unet_without_condition_tokens_is_the_base_until_its_projections_open(tmp_path, levels):
+    """``cond_tokens: false``: the condition enters only through the zero-initialised
+    ``cond_add_proj`` convs (the stem's, and ``cond_add_levels`` encoder levels'), so a base
+    saved without them loads as an editor that is exactly the base, condition or not. Once
+    a level's projection is non-zero, the condition changes the output through it alone."""
+    model = _tiny(**UNET, cond_add=False)
+    x, t, text, cond = _inputs(model)
+    save_toy_backbone(model, tmp_path / "base")
+    opts = {"cond_add": True, "cond_tokens": False, "cond_add_levels": levels}
+    editor = build_backbone("toy", {"checkpoint": str(tmp_path / "base"), **opts})
+    assert len(editor.cond_level_add) == levels
+    with torch.no_grad():
+        base_out = model(x, t, text)
+        torch.testing.assert_close(editor(x, t, text, cond), base_out, rtol=0, atol=1e-6)
+        projections = [editor.cond_add_proj] + [m.cond_add_proj for m in editor.cond_level_add]
+        for i, proj in enumerate(projections):
+            for p in projections:
+                p.weight.zero_()
+            proj.weight.normal_(0, 0.5)
+            moved = editor(x, t, text, cond)
+            assert (moved - base_out).abs().max() > 1e-3, (
+                f"projection {i} does not reach the output"
+            )
+            other = editor(x, t, text, cond.flip(0))
+            assert (other - moved).abs().max() > 1e-3  # it is the condition that moves it
+            torch.testing.assert_close(editor(x, t, text), base_out, rtol=0, atol=0)
+    # the level projections are LoRA targets like the stem's
+    lora = Editor(editor, rank=2, ema_decay=0.0)
+    names = {n for n, _ in lora.lora_named_parameters()}
+    for level in range(levels):
+        assert f"cond_level_add.{level}.cond_add_proj.lora_A.default.weight" in names

@@ -33,6 +33,7 @@ from byg.data.toy import (
     corner_centre,
     farthest_corner,
     from_tensor,
+    instruction_prompt,
     render,
     sample_edit,
     sample_scene,
@@ -306,3 +307,31 @@ def test_preview_writes_a_grid(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "p.png"), "--n", "3", "--split", "unseen"]) == 0
     assert Image.open(tmp_path / "p.png").size == (2 * 34 * 4, 3 * 34 * 4)
     assert capsys.readouterr().out.count("fwd") == 3
+
+
+def test_instruction_prompts_end_at_the_scene_and_name_its_value():
+    """Pretraining prompts that are instructions: every edit type comes up, unseen values
+    included; the instruction names the scene's own value of the edited attribute (it is
+    the result, not the source); add/remove only where the scene allows them."""
+    rng = np.random.default_rng(5)
+    kinds, colours = set(), set()
+    for _ in range(600):
+        scene = sample_scene(rng, CFG)
+        text, kind = instruction_prompt(scene, rng, CFG)
+        kinds.add(kind)
+        assert set(text.split()) <= set(vocabulary()), text
+        words = text.split()
+        if kind in ("colour", "background"):
+            value = getattr(scene, EDIT_ATTRIBUTE[kind])
+            assert words[-1] == value or words[-2:] == [value, "background"], text
+            colours.add(value)
+        elif kind == "replace":
+            assert scene.shape in words, text
+        elif kind == "add":
+            assert scene.second is not None and scene.second.shape in words, text
+        elif kind == "remove":
+            assert scene.second is None, text
+    assert kinds == set(EDIT_TYPES)
+    assert set(CFG.unseen_colours) <= colours
+    a = instruction_prompt(scene, np.random.default_rng(9), CFG)
+    assert a == instruction_prompt(scene, np.random.default_rng(9), CFG)
