@@ -8,6 +8,7 @@
     python benchmarks/probes.py trajectory [--base DIR] --png trajectory.png
     python benchmarks/probes.py denoise [--base DIR]       # does the base keep what x_t shows?
     python benchmarks/probes.py editor --run RUN           # is the editor better than the base?
+    python benchmarks/probes.py prompts [--base DIR]       # does the base read instructions?
 
 * ``prior``: for held-out seen edits, the frozen base's caption-induced shift
   ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
@@ -42,6 +43,13 @@
   its edits (``sample.steps`` Euler steps, EMA weights, as in the training evaluation): edit
   success, preservation, and how many outputs read each attribute other than the edited
   one differently from the source, or moved the object.
+* ``prompts``: for ``--n`` training tuples, the base's velocity loss on the TRUE target's path
+  under four prompts: the target's caption, the source's caption, the forward instruction
+  (what an editor with its LoRA at zero is given) and the empty prompt, per ``t``; then the
+  base's instruction following (``byg.pretrain.instruction_accuracy``: samples from
+  instruction prompts, the named attribute read by the oracle; ``--samples``, CFG 2.0). A base
+  that has never seen the instruction words does worse under the instruction than with no
+  prompt at all.
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 
@@ -60,7 +68,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from byg.data.toy import ToyWorldConfig
+from byg.data.toy import ToyEditDataset, ToyWorldConfig
 from byg.flow import sample_path
 from byg.infer import build_editor, load_editor
 from byg.objectives.byg import ByGObjective
@@ -389,6 +397,49 @@ def probe_editor(args) -> list[str]:
     return out
 
 
+@torch.no_grad()
+def probe_prompts(args) -> list[str]:
+    from byg.pretrain import EvalConfig, instruction_accuracy
+
+    base = _base(args)
+    n = args.n
+    ds = ToyEditDataset(ToyWorldConfig(resolution=base.config.image_size), n, seed=5)
+    items = [ds[i] for i in range(n)]
+    x_tgt = torch.stack([it["x_tgt"] for it in items])
+    prompts = {
+        "target caption": [it["c_tgt"] for it in items],
+        "source caption": [it["c_src"] for it in items],
+        "instruction": [it["c_fwd"] for it in items],
+        "empty": [""] * n,
+    }
+    texts = {k: base.encode_text(v) for k, v in prompts.items()}
+    eps = torch.randn(x_tgt.shape, generator=torch.Generator().manual_seed(0))
+    out = [
+        f"Base `{args.base or 'shipped'}`: velocity loss (per-element mean) on the true target's "
+        f"path of {n} training tuples, by prompt.",
+        "",
+        "| t | " + " | ".join(prompts) + " |",
+        "|" + "---|" * (len(prompts) + 1),
+    ]
+    for t in (0.1, 0.3, 0.5, 0.7, 0.9):
+        tt = torch.full((n,), t)
+        path = sample_path(x_tgt, eps, tt)
+        losses = [((base(path.x_t, tt, texts[k]) - path.velocity) ** 2).mean() for k in prompts]
+        out.append(f"| {t} | " + " | ".join(f"{v.item():.4f}" for v in losses) + " |")
+    res = instruction_accuracy(base, ds.cfg, EvalConfig(num_samples=args.samples), progress=False)
+    kinds = sorted(res["accuracy"])
+    out += [
+        "",
+        f"Instruction following ({res['n']} samples from instruction prompts, CFG 2.0, 30 "
+        "steps; the named attribute read by the oracle):",
+        "",
+        "| " + " | ".join(kinds) + " | mean |",
+        "|" + "---|" * (len(kinds) + 1),
+        "| " + " | ".join(f"{res['accuracy'][k]:.2f}" for k in kinds) + f" | {res['mean']:.3f} |",
+    ]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -402,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             "trajectory",
             "denoise",
             "editor",
+            "prompts",
         ],
     )
     p.add_argument("--run", help="run folder or checkpoint (grads, rollout, editor)")
@@ -411,11 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         default=160,
         help="held-out edits (prior, rollout, editor) or scenes (denoise)",
     )
+    p.add_argument("--samples", type=int, default=256, help="instruction-prompt samples (prompts)")
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
     p.add_argument(
         "--base",
         type=Path,
-        help="toy base folder (samples, words, trajectory, denoise; default: the shipped one)",
+        help="toy base folder (samples, words, trajectory, denoise, prompts; default: shipped)",
     )
     p.add_argument(
         "--png", type=Path, default=Path("base_samples.png"), help="PNG (samples, trajectory)"
@@ -434,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "trajectory": probe_trajectory,
         "denoise": probe_denoise,
         "editor": probe_editor,
+        "prompts": probe_prompts,
     }
     lines = probes[args.probe](args)
     text = "\n".join(lines) + "\n"

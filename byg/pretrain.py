@@ -381,10 +381,16 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
     model = ToyBackbone(cfg.model).train()
     if cfg.init_from:
         start = load_toy_backbone(cfg.init_from)
-        if start.config != model.config:
+        # the output's parametrisation may change (``prediction``), nothing else
+        same = dataclasses.replace(
+            start.config,
+            prediction=model.config.prediction,
+            sample_t_min=model.config.sample_t_min,
+        )
+        if same != model.config:
             raise ValueError(
                 f"init_from {cfg.init_from!r}: its model config differs from this run's "
-                f"({_config_diff(start.config, model.config)})"
+                f"({_config_diff(same, model.config)})"
             )
         model.load_state_dict(start.state_dict())
     ema = copy.deepcopy(model).eval().requires_grad_(False)

@@ -109,3 +109,24 @@ def test_editor_probe_compares_with_the_base_and_counts_changes(tmp_path):
     assert all(float(b[1]) > 0 and float(b[2]) > 0 for b in bands)
     counts = [int(c) for c in lines[-1].strip("|").split("|")]
     assert len(counts) == 8 and all(0 <= c <= 8 for c in counts)
+
+
+def test_prompts_probe_finds_the_shipped_base_worse_under_instructions_than_no_prompt(tmp_path):
+    """The shipped base was pretrained on captions only: under the instruction its loss on
+    the target's path is above its loss with the empty prompt, and the target caption is
+    below both (README item 13)."""
+    probes = _load()
+    out = tmp_path / "prompts.md"
+    assert probes.main(["prompts", "--n", "16", "--samples", "8", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    rows = {
+        float(cells[0]): [float(x) for x in cells[1:]]
+        for line in lines
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+        if line.startswith("| 0.") and len(cells) == 5  # t, then the four prompts
+    }
+    assert sorted(rows) == [0.1, 0.3, 0.5, 0.7, 0.9]
+    for target, _source, instruction, empty in rows.values():
+        assert target < empty < instruction
+    follow = [line for line in lines if line.startswith("| ") and line.rstrip().endswith(" |")][-1]
+    assert 0.0 <= float(follow.strip("|").split("|")[-1]) <= 1.0
