@@ -261,6 +261,27 @@ def eval_scenes(world, n: int, seed: int) -> tuple[list, list[str]]:
     return scenes, prompts
 
 
+def _samples(
+    model: ToyBackbone, prompts: list[str], ecfg: EvalConfig, seed: int, desc: str, progress: bool
+) -> Tensor:
+    """``generate`` over ``prompts`` in chunks of ``ecfg.batch_size`` (chunk ``s``: seed ``seed + s``)."""
+    chunks = range(0, len(prompts), ecfg.batch_size)
+    return torch.cat(
+        [
+            generate(
+                model,
+                prompts[s : s + ecfg.batch_size],
+                steps=ecfg.sample_steps,
+                cfg_scale=ecfg.cfg_scale,
+                shift=ecfg.shift,
+                seed=seed + s,
+                batch_size=ecfg.batch_size,
+            )
+            for s in tqdm(chunks, desc=desc, leave=False, disable=not progress)
+        ]
+    )
+
+
 def caption_accuracy(
     model: ToyBackbone, world, ecfg: EvalConfig, oracle=None, progress: bool = True
 ) -> dict[str, Any]:
@@ -275,21 +296,7 @@ def caption_accuracy(
 
     oracle = oracle or ToyOracle.load()
     scenes, prompts = eval_scenes(world, ecfg.num_samples, ecfg.seed)
-    images = []
-    chunks = range(0, len(prompts), ecfg.batch_size)
-    for s in tqdm(chunks, desc="eval samples", leave=False, disable=not progress):
-        images.append(
-            generate(
-                model,
-                prompts[s : s + ecfg.batch_size],
-                steps=ecfg.sample_steps,
-                cfg_scale=ecfg.cfg_scale,
-                shift=ecfg.shift,
-                seed=ecfg.seed + s,
-                batch_size=ecfg.batch_size,
-            )
-        )
-    reads = oracle.read(torch.cat(images))
+    reads = oracle.read(_samples(model, prompts, ecfg, ecfg.seed, "eval samples", progress))
     truth = oracle.read(torch.stack([to_tensor(render(sc, world)) for sc in scenes]))
     attrs = [sc.attributes() for sc in scenes]
 
@@ -330,24 +337,8 @@ def instruction_accuracy(
         text, kind = instruction_prompt(scene, np.random.default_rng([ecfg.seed, 23, i]), world)
         prompts.append(text)
         kinds.append(kind)
-    images = [
-        generate(
-            model,
-            prompts[s : s + ecfg.batch_size],
-            steps=ecfg.sample_steps,
-            cfg_scale=ecfg.cfg_scale,
-            shift=ecfg.shift,
-            seed=ecfg.seed + 1 + s,
-            batch_size=ecfg.batch_size,
-        )
-        for s in tqdm(
-            range(0, len(prompts), ecfg.batch_size),
-            desc="eval instructions",
-            leave=False,
-            disable=not progress,
-        )
-    ]
-    reads = oracle.read(torch.cat(images))
+    images = _samples(model, prompts, ecfg, ecfg.seed + 1, "eval instructions", progress)
+    reads = oracle.read(images)
     hits: dict[str, list[bool]] = {}
     for read, scene, kind in zip(reads, scenes, kinds):
         attr = EDIT_ATTRIBUTE[kind]
