@@ -46,7 +46,7 @@ from byg.backbones.toy_video import (
 )
 from byg.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from byg.flow import sample_path, sample_timesteps
-from byg.pretrain import EvalConfig, TimestepConfig, lr_at, update_ema
+from byg.pretrain import EvalConfig, TimestepConfig, lr_at, sample_prompts, update_ema
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "toy_video.yaml"
@@ -243,25 +243,10 @@ def video_caption_accuracy(
 
     oracle = oracle or ToyOracle.load()
     clips, prompts = eval_clips(world, ecfg.num_samples, ecfg.seed)
-    videos = []
-    for s in tqdm(
-        range(0, len(prompts), ecfg.batch_size),
-        desc="eval clips",
-        leave=False,
-        disable=not progress,
-    ):
-        videos.append(
-            generate_video(
-                model,
-                prompts[s : s + ecfg.batch_size],
-                steps=ecfg.sample_steps,
-                cfg_scale=ecfg.cfg_scale,
-                shift=ecfg.shift,
-                seed=ecfg.seed + s,
-                batch_size=ecfg.batch_size,
-            )
-        )
-    got = score_clips(torch.cat(videos), clips, world, oracle)
+    videos = sample_prompts(
+        model, prompts, ecfg, ecfg.seed, "eval clips", progress, generator=generate_video
+    )
+    got = score_clips(videos, clips, world, oracle)
     truth = score_clips(
         torch.stack([to_video_tensor(render_clip(c, world)) for c in clips]), clips, world, oracle
     )

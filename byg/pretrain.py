@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -261,14 +262,22 @@ def eval_scenes(world, n: int, seed: int) -> tuple[list, list[str]]:
     return scenes, prompts
 
 
-def _samples(
-    model: ToyBackbone, prompts: list[str], ecfg: EvalConfig, seed: int, desc: str, progress: bool
+def sample_prompts(
+    model: torch.nn.Module,
+    prompts: list[str],
+    ecfg: EvalConfig,
+    seed: int,
+    desc: str,
+    progress: bool,
+    generator: Callable[..., Tensor] | None = None,
 ) -> Tensor:
-    """``generate`` over ``prompts`` in chunks of ``ecfg.batch_size`` (chunk ``s``: seed ``seed + s``)."""
+    """``generator`` (default ``generate``; ``generate_video`` for the toy video base) over
+    ``prompts`` in chunks of ``ecfg.batch_size``, chunk ``s`` with seed ``seed + s``."""
+    generator = generator or generate
     chunks = range(0, len(prompts), ecfg.batch_size)
     return torch.cat(
         [
-            generate(
+            generator(
                 model,
                 prompts[s : s + ecfg.batch_size],
                 steps=ecfg.sample_steps,
@@ -296,7 +305,7 @@ def caption_accuracy(
 
     oracle = oracle or ToyOracle.load()
     scenes, prompts = eval_scenes(world, ecfg.num_samples, ecfg.seed)
-    reads = oracle.read(_samples(model, prompts, ecfg, ecfg.seed, "eval samples", progress))
+    reads = oracle.read(sample_prompts(model, prompts, ecfg, ecfg.seed, "eval samples", progress))
     truth = oracle.read(torch.stack([to_tensor(render(sc, world)) for sc in scenes]))
     attrs = [sc.attributes() for sc in scenes]
 
@@ -337,7 +346,7 @@ def instruction_accuracy(
         text, kind = instruction_prompt(scene, np.random.default_rng([ecfg.seed, 23, i]), world)
         prompts.append(text)
         kinds.append(kind)
-    images = _samples(model, prompts, ecfg, ecfg.seed + 1, "eval instructions", progress)
+    images = sample_prompts(model, prompts, ecfg, ecfg.seed + 1, "eval instructions", progress)
     reads = oracle.read(images)
     hits: dict[str, list[bool]] = {}
     for read, scene, kind in zip(reads, scenes, kinds):
