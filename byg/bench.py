@@ -20,14 +20,17 @@ cost of ByG, FlowEdit and SDEdit.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import random
+import shlex
 import statistics
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -86,18 +89,37 @@ def _n_reference(cfg: ByGConfig) -> int:
 
 
 def measure_speed(
-    editor, *, batch: int, res: int, byg_cfg: ByGConfig, steps: int = 6, warmup: int = 2
+    editor,
+    *,
+    batch: int,
+    res: int,
+    byg_cfg: ByGConfig,
+    steps: int = 6,
+    warmup: int = 2,
+    variants: dict[str, tuple[Any, ByGConfig]] | None = None,
 ) -> dict:
     """Median seconds per step of each kind, per-phase totals, call costs and the cost model.
 
     Every kind of step (full ByG, identity-only, supervised, a full step that reuses a kept
     rollout, full steps with other rollout lengths k) and every kind of model call of the
     cost model is timed in the same alternating loop, so machine drift hits all alike.
+    ``variants`` (name -> another editor, e.g. other ``model.options``, and its ByG
+    settings) have their full ByG and supervised steps timed in that same loop too
+    (``result["variants"]``).
     """
     opt = torch.optim.AdamW(editor.lora_parameters(), lr=1e-4)
     lora = list(editor.lora_parameters())
     b = _batch(editor, batch, res, 0)
     byg = ByGObjective(byg_cfg)
+    others = {
+        name: (
+            ed,
+            torch.optim.AdamW(ed.lora_parameters(), lr=1e-4),
+            _batch(ed, batch, res, 0),
+            ByGObjective(ed_cfg),
+        )
+        for name, (ed, ed_cfg) in (variants or {}).items()
+    }
     reuse = ByGObjective(dataclasses.replace(byg_cfg, rollout_reuse=10**9))  # always reuses
     k0, c0 = byg_cfg.rollout_steps, byg_cfg.clean_steps
     # the sweep's rollouts configured as `byg bench quality` trains them: an unset clean
@@ -113,13 +135,31 @@ def measure_speed(
         )
         if (k, o.cfg.clean_steps) != (k0, c0):
             k_objs[_kind(k, c)] = o
-    for o in (byg, reuse, *k_objs.values()):
+    for o in (byg, reuse, *k_objs.values(), *(v[3] for v in others.values())):
         o.warmup_done = True  # steady state: no warm-up probes
     sup = SupervisedObjective(SupervisedConfig())
     rng = random.Random(0)
     g = torch.Generator().manual_seed(0)
 
+    def variant_step(kind: str):
+        name, what = kind.split("/", 1)[1].rsplit("/", 1)
+        ed, ed_opt, ed_b, ed_byg = others[name]
+        if what == "full":
+            out = ed_byg.full_step(ed, ed_b, g)
+        else:
+            out = sup(ed, ed_b, 0, g, rng)
+        t0 = time.perf_counter()
+        out.loss.backward()
+        t_back = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ed_opt.step()
+        ed_opt.zero_grad(set_to_none=True)
+        ed.update_ema()
+        return t_back, time.perf_counter() - t0
+
     def step(kind: str, timer=None):
+        if kind.startswith("variant/"):
+            return variant_step(kind)
         kw = {"timer": timer} if timer is not None else {}
         if kind == "full":
             out = byg.full_step(editor, b, g, **kw)
@@ -179,6 +219,7 @@ def measure_speed(
 
     calls = {"F(B)": f(1), "F_base(4B)": f_base(4), "FB(2B)": fb(2), "FB(B)": fb(1)}
     kinds = ["full", "identity", "supervised", "full_reuse", *k_objs]
+    kinds += [f"variant/{name}/{what}" for name in others for what in ("full", "supervised")]
     reuse.full_step(editor, b, g)  # keep one rollout for the reuse steps
     for _ in range(warmup):
         for k in kinds:
@@ -200,10 +241,11 @@ def measure_speed(
             fn()
             call_secs[c].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in secs.items()}
-    per_phase = {k: {p: v / steps for p, v in phases[k].totals.items()} for k in kinds}
+    base_kinds = [k for k in kinds if not k.startswith("variant/")]
+    per_phase = {k: {p: v / steps for p, v in phases[k].totals.items()} for k in base_kinds}
     cost = {c: statistics.median(v) for c, v in call_secs.items()}
 
-    t_opt = statistics.median([per_phase[k]["optimizer_ema"] for k in kinds])
+    t_opt = statistics.median([per_phase[k]["optimizer_ema"] for k in base_kinds])
     n_ref = _n_reference(byg_cfg)
     rest = cost["F_base(4B)"] + cost["FB(2B)"] + cost["FB(B)"] + t_opt
 
@@ -245,7 +287,18 @@ def measure_speed(
         "direction_reference": byg_cfg.direction_reference,
         "p_id": p_id,
         "seconds_per_step": {k: med[k] for k in ("full", "identity", "supervised")},
-        "seconds_per_step_options": {k: med[k] for k in kinds[3:]},
+        "seconds_per_step_options": {k: med[k] for k in base_kinds[3:]},
+        "variants": {
+            name: {
+                "seconds_per_step": {w: med[f"variant/{name}/{w}"] for w in ("full", "supervised")},
+                "full_vs_default_full": med[f"variant/{name}/full"] / med["full"],
+                "supervised_vs_default_supervised": med[f"variant/{name}/supervised"]
+                / med["supervised"],
+                "ratio_full_vs_supervised": med[f"variant/{name}/full"]
+                / med[f"variant/{name}/supervised"],
+            }
+            for name in others
+        },
         "expected_byg_step": mean_step(med["full"]),
         "ratio_full_vs_supervised": med["full"] / med["supervised"],
         "ratio_expected_vs_supervised": mean_step(med["full"]) / med["supervised"],
@@ -433,6 +486,27 @@ def write_speed_report(res: dict, out: Path, quality: dict | None = None) -> Non
                     else ("– | – | (reference) |" if o["name"] == "byg" else "– | – | not run |")
                 )
             )
+    if res.get("variants"):
+        lines += [
+            "",
+            "## Editor variants (timed in the same loop)",
+            "",
+            f"The default editor is the run config's{' (' + res['settings'] + ')' if res.get('settings') else ''}; "
+            "each variant adds its overrides to it.",
+            "",
+            "| variant | full ByG (s) | supervised (s) | full / default full | "
+            "supervised / default supervised | full / supervised |",
+            "|---|---|---|---|---|---|",
+            f"| default | {s['full']:.4f} | {s['supervised']:.4f} | 1.00 | 1.00 | "
+            f"{res['ratio_full_vs_supervised']:.2f} |",
+        ]
+        for name, v in res["variants"].items():
+            vs = v["seconds_per_step"]
+            lines.append(
+                f"| `{name}` | {vs['full']:.4f} | {vs['supervised']:.4f} | "
+                f"{v['full_vs_default_full']:.2f} | {v['supervised_vs_default_supervised']:.2f} | "
+                f"{v['ratio_full_vs_supervised']:.2f} |"
+            )
     inf = res.get("inference")
     if inf:
         lines += [
@@ -476,19 +550,39 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
     from byg.backbones.editor import Editor
     from byg.backbones.registry import build_backbone
+    from byg.backbones.toy import EDITOR_OPTIONS
     from byg.bench_quality import QualitySettings, bench_config
+    from byg.infer import build_editor
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    run_cfg = bench_config()  # configs/toy_image.yaml: the ByG settings the demo trains with
+    # configs/toy_image.yaml: the ByG settings and the editor the demo trains with
+    run_cfg = bench_config(overrides=args.set)
     byg_cfg = run_cfg.byg
     if args.k is not None:
         byg_cfg = dataclasses.replace(byg_cfg, rollout_steps=args.k)
     batch = args.batch or run_cfg.train.batch_size
-    rank = args.rank or run_cfg.lora.rank
-    options = {} if args.shipped_base else {"config": {}}
-    editor = Editor(build_backbone("toy", options), rank=rank, ema_decay=0.99)
-    res = measure_speed(editor, batch=batch, res=32, byg_cfg=byg_cfg, steps=args.steps)
+
+    def make_editor(cfg) -> Editor:
+        cfg = copy.deepcopy(cfg)
+        if args.rank:
+            cfg.lora.rank = args.rank
+        if not args.shipped_base:  # a fresh default model, with the config's editor options
+            opts = cfg.model.options
+            cfg.model.options = {"config": {k: opts[k] for k in EDITOR_OPTIONS if k in opts}}
+        return build_editor(cfg)
+
+    editor = make_editor(run_cfg)
+    variants = {}
+    for spec in args.compare:
+        cfg = bench_config(overrides=[*args.set, *shlex.split(spec)])
+        variants[spec] = (make_editor(cfg), cfg.byg)
+    res = measure_speed(
+        editor, batch=batch, res=32, byg_cfg=byg_cfg, steps=args.steps, variants=variants
+    )
+    res["settings"] = " ".join(args.set)
+    ckpt = run_cfg.model.options.get("checkpoint")
+    options = ({"checkpoint": ckpt} if ckpt else {}) if args.shipped_base else {"config": {}}
     out = Path(args.out)
     qs = QualitySettings()
     fe, fe_src = _tuned(out, "flowedit", qs.flowedit_start)
@@ -508,7 +602,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
         f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU core(s), "
         f"{torch.get_num_threads()} torch thread(s), no GPU used, torch {torch.__version__}"
     )
-    res["command"] = "byg " + " ".join(sys.argv[1:]) if sys.argv[1:] else "byg bench speed"
+    res["command"] = "byg " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "byg bench speed"
     res["model"] = "shipped toy base" if args.shipped_base else "fresh default ToyBackboneConfig"
     quality = None
     if (out / "quality.json").exists():
@@ -542,6 +636,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--shipped-base",
         action="store_true",
         help="use the shipped toy base instead of a fresh one",
+    )
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of configs/toy_image.yaml for the timed editor and ByG settings "
+        "(repeatable), e.g. --set model.options.cond_add_levels=4",
+    )
+    s.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE ...'",
+        help="also time the full ByG and supervised steps of an editor with these extra "
+        "overrides, in the same alternating loop (repeatable; one variant per flag), e.g. "
+        "--compare 'model.options.cond_tokens=false model.options.cond_add_levels=4'",
     )
     s.set_defaults(func=cmd_speed)
     from byg import bench_quality

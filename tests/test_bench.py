@@ -107,3 +107,32 @@ def test_measure_inference_counts_model_calls(tiny_backbone):
     # SDEdit: strength 0.5 of 4 steps = 2 steps, CFG-batched
     assert res["sdedit"]["model_calls"] == 2 and res["sdedit"]["evaluations_per_image"] == 4
     assert all(r["seconds_per_image"] > 0 for r in res.values())
+
+
+def test_measure_speed_times_editor_variants_in_the_same_loop(tiny_backbone, tmp_path):
+    from conftest import TinyBackbone
+
+    editor = Editor(tiny_backbone, rank=2, ema_decay=0.9)
+    other = Editor(TinyBackbone(hidden=32), rank=2, ema_decay=0.9)
+    cfg = ByGConfig(rollout_steps=2, rollout_clean_steps=1)
+    cfg_other = ByGConfig(rollout_steps=1, rollout_clean_steps=1)
+    res = measure_speed(
+        editor,
+        batch=2,
+        res=4,
+        byg_cfg=cfg,
+        steps=2,
+        warmup=0,
+        variants={"wide": (other, cfg_other)},
+    )
+    v = res["variants"]["wide"]
+    assert set(v["seconds_per_step"]) == {"full", "supervised"}
+    assert all(x > 0 for x in v["seconds_per_step"].values())
+    s = res["seconds_per_step"]
+    assert abs(v["full_vs_default_full"] - v["seconds_per_step"]["full"] / s["full"]) < 1e-12
+    # the variant's steps are not mixed into the default's per-phase table
+    assert not any(k.startswith("variant/") for k in res["per_phase_seconds"])
+    # the variant's own editor was trained: its LoRA moved from zero
+    assert any(p.abs().sum() > 0 for n, p in other.named_parameters() if "lora_B" in n)
+    write_speed_report(res, tmp_path)
+    assert "| `wide` |" in (tmp_path / "speed.md").read_text()

@@ -114,7 +114,7 @@ def test_editor_probe_compares_with_the_base_and_counts_changes(tmp_path):
 def test_prompts_probe_finds_the_shipped_base_worse_under_instructions_than_no_prompt(tmp_path):
     """The shipped base was pretrained on captions only: under the instruction its loss on
     the target's path is above its loss with the empty prompt, and the target caption is
-    below both (README item 13)."""
+    below both (docs/demo_findings.md item 13)."""
     probes = _load()
     out = tmp_path / "prompts.md"
     assert probes.main(["prompts", "--n", "16", "--samples", "8", "--out", str(out)]) == 0
