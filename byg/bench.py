@@ -621,7 +621,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "speed",
         help="seconds per ByG step vs a supervised step, per phase, with a cost model",
         description=__doc__.split("\n\n", 1)[1].strip()
-        + "\n\nRecorded run: byg bench speed --shipped-base --steps 24 --out benchmarks/results",
+        + "\n\nRecorded run: byg bench speed --shipped-base --steps 24 --out benchmarks/results "
+        "--compare 'model.options.cond_tokens=false model.options.cond_add_levels=4'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--out", default="benchmarks/results", help="folder for speed.json and speed.md")

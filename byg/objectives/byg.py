@@ -77,6 +77,10 @@ class ByGConfig:
     lambda_id: float = 0.2
     prior_reverse: bool = True
     direction_reference: str = "base"  # "base" (u_src) or "editor" (option C)
+    # the directional term: "cosine" (METHOD.md: 1 − cos(v − ref, Δ)) or "delta"
+    # (‖(v − ref) − Δ‖², the shift with its size; with ref = u_src it equals the anchor)
+    direction_form: str = "cosine"
+    direction_scale: float = 1.0  # "delta" only: the target shift is this × Δ (like guidance)
     identity_in_full_steps: bool = True
     # "mean": ‖·‖² is the per-element mean; "sum": the squared norm over all D latent
     # elements (METHOD.md §4 literally). The directional term's gradient is O(1/‖v − ref‖)
@@ -108,6 +112,18 @@ class ByGConfig:
             raise ValueError(f"p_id must be in [0, 1], got {self.p_id}")
         if self.mse_reduction not in ("mean", "sum"):
             raise ValueError(f"mse_reduction must be 'mean' or 'sum', got {self.mse_reduction!r}")
+        if self.direction_form not in ("cosine", "delta"):
+            raise ValueError(
+                f"direction_form must be 'cosine' or 'delta', got {self.direction_form!r}"
+            )
+        if self.direction_scale <= 0:
+            raise ValueError(f"direction_scale must be > 0, got {self.direction_scale}")
+        if self.direction_scale != 1.0 and self.direction_form != "delta":
+            raise ValueError(
+                "direction_scale sizes the delta form's shift; the cosine form ignores it "
+                f"(got direction_scale={self.direction_scale} with direction_form="
+                f"{self.direction_form!r})"
+            )
         if self.direction_reference not in ("base", "editor"):
             raise ValueError(
                 f"direction_reference must be 'base' or 'editor', got {self.direction_reference!r}"
@@ -336,6 +352,8 @@ class ByGObjective:
             use_directional=not cfg.no_directional,
             reference=ref_f,
             mse_scale=self.sq_scale(x_src),
+            form=cfg.direction_form,
+            delta_scale=cfg.direction_scale,
         )
 
         # 5. cycle with gradient routing
@@ -356,6 +374,8 @@ class ByGObjective:
                     use_directional=not cfg.no_directional,
                     reference=ref_r,
                     mse_scale=self.sq_scale(x_src),
+                    form=cfg.direction_form,
+                    delta_scale=cfg.direction_scale,
                 )
             else:
                 prior_r = dir_r = mse_r = torch.zeros_like(l_cyc)

@@ -60,6 +60,45 @@ def test_directional_loss_on_hand_made_vectors():
     assert total.item() == pytest.approx(l_dir.item() + 0.5 * l_mse.item())
 
 
+def test_delta_form_matches_the_shift_with_its_size():
+    delta = torch.tensor([[1.0, 0.0]])
+    ref = torch.tensor([[2.0, 2.0]])
+    # the cosine is content with any positive multiple of the shift; delta only with 1x
+    assert losses.delta_match(ref + delta, ref, delta).item() == pytest.approx(0.0)
+    assert losses.delta_match(ref + 3 * delta, ref, delta).item() == pytest.approx(2.0)
+    assert losses.delta_match(ref, ref, delta).item() == pytest.approx(0.5)  # no edit: ‖Δ‖²/D
+    # with the base's u_src as reference it is the MSE anchor: optimum v = u_tgt
+    u_src, u_tgt, v = torch.randn(3, 4, 6).unbind(0)
+    torch.testing.assert_close(losses.delta_match(v, u_src, u_tgt - u_src), losses.mse(v, u_tgt))
+    total, l_dir, l_mse = losses.prior(v, u_src, u_tgt, alpha=0.5, form="delta", mse_scale=6.0)
+    torch.testing.assert_close(total, 6.0 * l_dir + 0.5 * 6.0 * l_mse)
+    with pytest.raises(ValueError, match="form"):
+        losses.prior(v, u_src, u_tgt, alpha=0.5, form="other")
+    # delta_scale sizes the target shift: v = u_src + 2Δ is its optimum
+    v2 = u_src + 2 * (u_tgt - u_src)
+    _, l2, _ = losses.prior(v2, u_src, u_tgt, alpha=0.0, form="delta", delta_scale=2.0)
+    assert l2.abs().max().item() < 1e-10
+
+
+def test_direction_form_changes_only_the_directional_term(tiny_backbone):
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor)
+    cos = _full_terms(editor, batch, direction_reference="editor")
+    delta = _full_terms(editor, batch, direction_reference="editor", direction_form="delta")
+    assert delta["dir_fwd"] != pytest.approx(cos["dir_fwd"])
+    for k in ("mse_fwd", "loss_cyc", "loss_id"):
+        assert delta[k] == pytest.approx(cos[k])
+    with pytest.raises(ValueError, match="direction_form"):
+        ByGConfig(direction_form="other")
+    with pytest.raises(ValueError, match="cosine form ignores it"):
+        ByGConfig(direction_scale=2.0)
+    scaled = _full_terms(
+        editor, batch, direction_reference="editor", direction_form="delta", direction_scale=2.0
+    )
+    assert scaled["dir_fwd"] != pytest.approx(delta["dir_fwd"])
+    assert scaled["mse_fwd"] == pytest.approx(delta["mse_fwd"])
+
+
 def test_losses_are_per_sample():
     a, b = torch.randn(4, 2, 3), torch.randn(4, 2, 3)
     assert losses.mse(a, b).shape == (4,)
