@@ -81,6 +81,9 @@ class ByGConfig:
     # (‖(v − ref) − Δ‖², the shift with its size; with ref = u_src it equals the anchor)
     direction_form: str = "cosine"
     direction_scale: float = 1.0  # "delta" only: the target shift is this × Δ (like guidance)
+    # the prior (forward at t, reverse at t') counts only for samples at or below this time;
+    # above it cycle and identity alone shape the editor (FlowEdit edits only below n_max)
+    prior_t_max: float = 1.0
     identity_in_full_steps: bool = True
     # "mean": ‖·‖² is the per-element mean; "sum": the squared norm over all D latent
     # elements (METHOD.md §4 literally). The directional term's gradient is O(1/‖v − ref‖)
@@ -116,6 +119,8 @@ class ByGConfig:
             raise ValueError(
                 f"direction_form must be 'cosine' or 'delta', got {self.direction_form!r}"
             )
+        if not 0.0 < self.prior_t_max <= 1.0:
+            raise ValueError(f"prior_t_max must be in (0, 1], got {self.prior_t_max}")
         if self.direction_scale <= 0:
             raise ValueError(f"direction_scale must be > 0, got {self.direction_scale}")
         if self.direction_scale != 1.0 and self.direction_form != "delta":
@@ -383,6 +388,10 @@ class ByGObjective:
         # 6. identity
         l_id = losses.mse(v_id, velocity_target(x_src, eps))
         w_id = cfg.lambda_id if cfg.identity_in_full_steps else 0.0
+
+        if cfg.prior_t_max < 1.0:  # the prior only where t (t') <= prior_t_max
+            prior_f = prior_f * (t <= cfg.prior_t_max).to(prior_f.dtype)
+            prior_r = prior_r * (t_r <= cfg.prior_t_max).to(prior_r.dtype)
 
         # 7. total: per-sample, then batch mean
         k = self.sq_scale(x_src)

@@ -99,6 +99,20 @@ def test_direction_form_changes_only_the_directional_term(tiny_backbone):
     assert scaled["mse_fwd"] == pytest.approx(delta["mse_fwd"])
 
 
+def test_prior_t_max_drops_the_prior_above_it_and_nothing_else(tiny_backbone):
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor)
+    full = _full_terms(editor, batch, direction_reference="editor", direction_form="delta")
+    tiny = _full_terms(
+        editor, batch, direction_reference="editor", direction_form="delta", prior_t_max=1e-6
+    )
+    assert full["prior_fwd"] > 0 and tiny["prior_fwd"] == 0 and tiny["prior_rev"] == 0
+    for k in ("dir_fwd", "mse_fwd", "loss_cyc", "loss_id"):
+        assert tiny[k] == pytest.approx(full[k])
+    with pytest.raises(ValueError, match="prior_t_max"):
+        ByGConfig(prior_t_max=0.0)
+
+
 def test_losses_are_per_sample():
     a, b = torch.randn(4, 2, 3), torch.randn(4, 2, 3)
     assert losses.mse(a, b).shape == (4,)
