@@ -9,6 +9,7 @@
     python benchmarks/probes.py denoise [--base DIR]       # does the base keep what x_t shows?
     python benchmarks/probes.py editor --run RUN           # is the editor better than the base?
     python benchmarks/probes.py prompts [--base DIR]       # does the base read instructions?
+    python benchmarks/probes.py texture [--base DIR]       # where does the base miss texture?
 
 * ``prior``: for held-out seen edits, the frozen base's caption-induced shift
   ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
@@ -50,6 +51,10 @@
   instruction prompts, the named attribute read by the oracle; ``--samples``, CFG 2.0). A base
   that has never seen the instruction words does worse under the instruction than with no
   prompt at all.
+* ``texture``: the caption-following evaluation of ``byg pretrain-base`` (256 held-out
+  captions, the oracle on the samples), split for texture by the scene's texture, style and
+  size, with the confusion of true against read texture; then texture accuracy again with
+  other sampling settings (60 steps; CFG 4.0; no guidance) to tell the sampler from the model.
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 
@@ -440,6 +445,58 @@ def probe_prompts(args) -> list[str]:
     return out
 
 
+def probe_texture(args) -> list[str]:
+    from byg.eval.toy_oracle import ToyOracle
+    from byg.pretrain import EvalConfig, eval_scenes, sample_prompts
+
+    base = _base(args)
+    world = ToyWorldConfig(resolution=base.config.image_size)
+    ecfg = EvalConfig()  # configs/toy_base.yaml's evaluation: 256 samples, 30 steps, CFG 2.0
+    scenes, prompts = eval_scenes(world, ecfg.num_samples, ecfg.seed)
+    attrs = [sc.attributes() for sc in scenes]
+    oracle = ToyOracle.load()
+
+    def reads(**kw) -> list[dict]:
+        e = dataclasses.replace(ecfg, **kw)
+        with torch.no_grad():
+            return oracle.read(sample_prompts(base, prompts, e, e.seed, "texture", False))
+
+    def acc(rows: list[dict]) -> float:
+        return statistics.mean(r["texture"] == a["texture"] for r, a in zip(rows, attrs))
+
+    rows = reads()
+    out = [
+        f"Base `{args.base or 'shipped'}`: texture read by the oracle on {len(rows)} caption "
+        f"samples ({ecfg.sample_steps} Euler steps, CFG {ecfg.cfg_scale}): {acc(rows):.3f}.",
+        "",
+        "| split by | value: accuracy (n) |",
+        "|---|---|",
+    ]
+    for key in ("texture", "style", "size"):
+        groups: dict[str, list[bool]] = collections.defaultdict(list)
+        for r, a in zip(rows, attrs):
+            groups[a[key]].append(r["texture"] == a["texture"])
+        cells = ", ".join(
+            f"{k}: {statistics.mean(v):.2f} ({len(v)})" for k, v in sorted(groups.items())
+        )
+        out.append(f"| {key} | {cells} |")
+    conf = collections.Counter((a["texture"], r["texture"]) for r, a in zip(rows, attrs))
+    out.append(
+        "| true → read | "
+        + ", ".join(f"{t} → {r}: {n}" for (t, r), n in sorted(conf.items()))
+        + " |"
+    )
+    out += ["", "| sampling | texture accuracy |", "|---|---|"]
+    out.append(f"| {ecfg.sample_steps} steps, CFG {ecfg.cfg_scale} | {acc(rows):.3f} |")
+    for label, kw in (
+        ("60 steps, CFG 2.0", {"sample_steps": 60}),
+        ("30 steps, CFG 4.0", {"cfg_scale": 4.0}),
+        ("30 steps, no guidance", {"cfg_scale": 1.0}),
+    ):
+        out.append(f"| {label} | {acc(reads(**kw)):.3f} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -454,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             "denoise",
             "editor",
             "prompts",
+            "texture",
         ],
     )
     p.add_argument("--run", help="run folder or checkpoint (grads, rollout, editor)")
@@ -468,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--base",
         type=Path,
-        help="toy base folder (samples, words, trajectory, denoise, prompts; default: shipped)",
+        help="toy base folder (samples, words, trajectory, denoise, prompts, texture; default: shipped)",
     )
     p.add_argument(
         "--png", type=Path, default=Path("base_samples.png"), help="PNG (samples, trajectory)"
@@ -488,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         "denoise": probe_denoise,
         "editor": probe_editor,
         "prompts": probe_prompts,
+        "texture": probe_texture,
     }
     lines = probes[args.probe](args)
     text = "\n".join(lines) + "\n"
