@@ -77,6 +77,10 @@ class ByGConfig:
     lambda_id: float = 0.2
     prior_reverse: bool = True
     direction_reference: str = "base"  # "base" (u_src) or "editor" (option C)
+    # "editor" only for samples with t (t') above this; at or below it the reference is the
+    # base's u_src (with the delta form: the anchor to u_tgt, the base's own denoising of x_t,
+    # which keeps an edit the rollout has made instead of pulling back to the source)
+    editor_reference_t_min: float = 0.0
     # the directional term: "cosine" (METHOD.md: 1 − cos(v − ref, Δ)) or "delta"
     # (‖(v − ref) − Δ‖², the shift with its size; with ref = u_src it equals the anchor)
     direction_form: str = "cosine"
@@ -84,6 +88,11 @@ class ByGConfig:
     # the prior (forward at t, reverse at t') counts only for samples at or below this time;
     # above it cycle and identity alone shape the editor (FlowEdit edits only below n_max)
     prior_t_max: float = 1.0
+    # "velocity": the prior as METHOD.md writes it, on velocities; "x0": each sample's prior
+    # times t² (t'² in reverse), i.e. the same terms on the one-step clean predictions
+    # x̂_0 = x_t − t·v. A velocity error at small t is the x̂_0 error over t, so the velocity
+    # form weighs small t by 1/t², where the base's x̂_0 is least precise
+    prior_weighting: str = "velocity"
     identity_in_full_steps: bool = True
     # "mean": ‖·‖² is the per-element mean; "sum": the squared norm over all D latent
     # elements (METHOD.md §4 literally). The directional term's gradient is O(1/‖v − ref‖)
@@ -119,6 +128,10 @@ class ByGConfig:
             raise ValueError(
                 f"direction_form must be 'cosine' or 'delta', got {self.direction_form!r}"
             )
+        if self.prior_weighting not in ("velocity", "x0"):
+            raise ValueError(
+                f"prior_weighting must be 'velocity' or 'x0', got {self.prior_weighting!r}"
+            )
         if not 0.0 < self.prior_t_max <= 1.0:
             raise ValueError(f"prior_t_max must be in (0, 1], got {self.prior_t_max}")
         if self.direction_scale <= 0:
@@ -132,6 +145,15 @@ class ByGConfig:
         if self.direction_reference not in ("base", "editor"):
             raise ValueError(
                 f"direction_reference must be 'base' or 'editor', got {self.direction_reference!r}"
+            )
+        if not 0.0 <= self.editor_reference_t_min < 1.0:
+            raise ValueError(
+                f"editor_reference_t_min must be in [0, 1), got {self.editor_reference_t_min}"
+            )
+        if self.editor_reference_t_min > 0 and self.direction_reference != "editor":
+            raise ValueError(
+                "editor_reference_t_min chooses where the editor reference applies; it needs "
+                f"direction_reference: editor (got {self.direction_reference!r})"
             )
         for name in ("alpha", "lambda_prior", "lambda_cyc", "lambda_id"):
             if getattr(self, name) < 0:
@@ -281,6 +303,14 @@ class ByGObjective:
             x_clean = euler_sample(velocity, x_t, grid_lo)
         return x_t, x_clean
 
+    def _reference(self, ref_editor: Tensor, u_src: Tensor, t: Tensor) -> Tensor:
+        """Option C's reference above ``editor_reference_t_min``, ``u_src`` at or below it."""
+        t_min = self.cfg.editor_reference_t_min
+        if t_min <= 0:
+            return ref_editor
+        above = (t > t_min).view(-1, *([1] * (ref_editor.ndim - 1)))
+        return torch.where(above, ref_editor, u_src)
+
     # ------------------------------------------------------------------ Algorithm 1
     def full_step(self, editor, batch, generator, timer=no_timer, model=None) -> LossOutput:
         cfg = self.cfg
@@ -346,7 +376,7 @@ class ByGObjective:
         ref_f = ref_r = None
         if cfg.direction_reference == "editor":
             with timer("reference"), torch.no_grad():
-                ref_f = editor(x_t, t, text["rev"], x_src).float()
+                ref_f = self._reference(editor(x_t, t, text["rev"], x_src).float(), u_src, t)
 
         # 4. prior, forward
         prior_f, dir_f, mse_f = losses.prior(
@@ -371,6 +401,7 @@ class ByGObjective:
                 if cfg.direction_reference == "editor":
                     with torch.no_grad():
                         ref_r = editor(s_tr, t_r, text["fwd"], x_cond.detach()).float()
+                        ref_r = self._reference(ref_r, u_src_r, t_r)
                 prior_r, dir_r, mse_r = losses.prior(
                     v_r,
                     u_src_r,
@@ -392,6 +423,10 @@ class ByGObjective:
         if cfg.prior_t_max < 1.0:  # the prior only where t (t') <= prior_t_max
             prior_f = prior_f * (t <= cfg.prior_t_max).to(prior_f.dtype)
             prior_r = prior_r * (t_r <= cfg.prior_t_max).to(prior_r.dtype)
+
+        if cfg.prior_weighting == "x0":  # the prior on x̂_0 = x_t − t·v: times t²
+            prior_f = prior_f * t.to(prior_f.dtype) ** 2
+            prior_r = prior_r * t_r.to(prior_r.dtype) ** 2
 
         # 7. total: per-sample, then batch mean
         k = self.sq_scale(x_src)

@@ -113,6 +113,54 @@ def test_prior_t_max_drops_the_prior_above_it_and_nothing_else(tiny_backbone):
         ByGConfig(prior_t_max=0.0)
 
 
+def test_prior_weighting_x0_scales_each_prior_by_t_squared_and_nothing_else(tiny_backbone):
+    from byg.objectives.common import randn_like
+
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor, n=1)  # one sample: the logged means are that sample's values
+    kw = dict(direction_reference="editor", direction_form="delta")
+    vel = _full_terms(editor, batch, **kw)
+    x0 = _full_terms(editor, batch, prior_weighting="x0", **kw)
+    g = torch.Generator().manual_seed(3)  # the draws full_step makes: t, ε, then t'
+    cfg = ByGConfig()
+    t = cfg.time.sample(1, g, torch.device("cpu")).item()
+    randn_like(batch.x_src, g)
+    t_r = cfg.time.sample(1, g, torch.device("cpu")).item()
+    assert x0["prior_fwd"] == pytest.approx(vel["prior_fwd"] * t**2, rel=1e-5)
+    assert x0["prior_rev"] == pytest.approx(vel["prior_rev"] * t_r**2, rel=1e-5)
+    for k in ("dir_fwd", "mse_fwd", "dir_rev", "loss_cyc", "loss_id"):
+        assert x0[k] == pytest.approx(vel[k])
+    with pytest.raises(ValueError, match="prior_weighting"):
+        ByGConfig(prior_weighting="sample")
+
+
+def test_editor_reference_t_min_falls_back_to_the_base_reference_below_it(tiny_backbone):
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor)
+    kw = dict(direction_form="delta")
+    ed = _full_terms(editor, batch, direction_reference="editor", **kw)
+    base = _full_terms(editor, batch, direction_reference="base", **kw)
+    # every t below 1 - 1e-6: the base reference everywhere, i.e. the anchor to u_tgt
+    low = _full_terms(
+        editor, batch, direction_reference="editor", editor_reference_t_min=1 - 1e-6, **kw
+    )
+    assert ed["dir_fwd"] != pytest.approx(base["dir_fwd"])
+    for k in ("dir_fwd", "dir_rev", "prior_fwd", "prior_rev"):
+        assert low[k] == pytest.approx(base[k])
+    assert low["dir_fwd"] == pytest.approx(low["mse_fwd"])  # delta with u_src: the anchor
+    for k in ("mse_fwd", "loss_cyc", "loss_id"):
+        assert low[k] == pytest.approx(ed[k])
+    # per sample: above t_min the editor's reference, at or below it u_src
+    obj = ByGObjective(ByGConfig(direction_reference="editor", editor_reference_t_min=0.5))
+    ref_ed, u_src = torch.ones(3, 2, 2), torch.zeros(3, 2, 2)
+    mixed = obj._reference(ref_ed, u_src, torch.tensor([0.2, 0.5, 0.8]))
+    assert mixed[:, 0, 0].tolist() == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="needs direction_reference: editor"):
+        ByGConfig(editor_reference_t_min=0.5)
+    with pytest.raises(ValueError, match="editor_reference_t_min"):
+        ByGConfig(direction_reference="editor", editor_reference_t_min=1.0)
+
+
 def test_losses_are_per_sample():
     a, b = torch.randn(4, 2, 3), torch.randn(4, 2, 3)
     assert losses.mse(a, b).shape == (4,)
