@@ -10,6 +10,8 @@
     python benchmarks/probes.py editor --run RUN           # is the editor better than the base?
     python benchmarks/probes.py prompts [--base DIR]       # does the base read instructions?
     python benchmarks/probes.py texture [--base DIR]       # where does the base miss texture?
+    python benchmarks/probes.py follow --run RUN           # does the editor keep what x_t shows?
+    python benchmarks/probes.py handoff --run RUN          # editor above t, base below: edits?
 
 * ``prior``: for held-out seen edits, the frozen base's caption-induced shift
   ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
@@ -55,6 +57,18 @@
   captions, the oracle on the samples), split for texture by the scene's texture, style and
   size, with the confusion of true against read texture; then texture accuracy again with
   other sampling settings (60 steps; CFG 4.0; no guidance) to tell the sampler from the model.
+* ``follow``: for ``--n`` held-out seen edits, the one-step clean prediction
+  ``x̂_0 = x_t − t·v`` of the editor ``G(x_t, t, x_src, c_fwd)`` and of the base
+  ``B(x_t, t, c_tgt)``, from ``x_t`` on the TRUE target's path and on the source's path (same
+  ``ε``), as the median of ``‖x̂_0 − x_tgt‖² / ‖x_src − x_tgt‖²``: 0 = the prediction is the
+  edit, 1 = it is the source. On the target's path a model that keeps what ``x_t`` shows is
+  near 0 at small ``t``; on the source's path one that edits moves away from 1.
+* ``handoff``: the run's editor samples (20 Euler steps, trained weights, as the training
+  evaluation) from ``t = 1`` down to ``τ``, then the frozen base under ``c_tgt`` finishes from
+  ``τ`` to 0; beside it SDEdit from the same ``τ`` (the noised source instead of the editor's
+  state) and the editor alone: edit success / preservation per ``τ``. Where handing off
+  raises edit success above the editor alone, the editor's last steps undo edits its first
+  steps (or the base) would make.
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 
@@ -497,6 +511,86 @@ def probe_texture(args) -> list[str]:
     return out
 
 
+@torch.no_grad()
+def probe_follow(args) -> list[str]:
+    cfg, ed = _editor(args.run)
+    ed.eval()
+    ds = eval_dataset(ToyWorldConfig(resolution=cfg.data.resolution), "seen", args.n)
+    b = collate_batch([ds[i] for i in range(len(ds))], ed, torch.device("cpu"))
+    eps = torch.randn(b.x_src.shape, generator=torch.Generator().manual_seed(0))
+    den = (b.x_src - b.x_tgt).flatten(1).pow(2).sum(1)
+    out = [
+        f"Editor `{args.run}` ({args.n} held-out seen edits): median "
+        "‖x̂_0 − x_tgt‖² / ‖x_src − x_tgt‖² of the one-step prediction (0 = the edit, "
+        "1 = the source).",
+        "",
+        "| t | editor, target's path | base, target's path | editor, source's path "
+        "| base, source's path |",
+        "|---|---|---|---|---|",
+    ]
+    for t in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9):
+        tt = torch.full((b.size,), t)
+        cells = []
+        for start in (b.x_tgt, b.x_src):
+            x_t = (1 - t) * start + t * eps
+            v_ed = ed(x_t, tt, b.text["fwd"], b.x_src)
+            with ed.base():
+                v_base = ed(x_t, tt, b.text["tgt"], None)
+            for v in (v_ed, v_base):
+                r = (x_t - t * v - b.x_tgt).flatten(1).pow(2).sum(1) / den
+                cells.append(f"{r.median().item():.2f}")
+        out.append(f"| {t} | " + " | ".join([cells[0], cells[1], cells[2], cells[3]]) + " |")
+    return out
+
+
+@torch.no_grad()
+def probe_handoff(args) -> list[str]:
+    from byg.eval.toy_oracle import ToyOracle
+    from byg.flow import schedule
+    from byg.sampling import euler_sample
+    from byg.toy_eval import evaluate
+
+    cfg, ed = _editor(args.run)
+    ed.eval()
+    ds = eval_dataset(ToyWorldConfig(resolution=cfg.data.resolution), "seen", args.n)
+    oracle = ToyOracle.load()
+    grid = schedule(cfg.sample.steps)
+
+    def method(tau: float, sdedit: bool = False):
+        def fn(x_src, items):
+            noise = torch.randn(x_src.shape, generator=torch.Generator().manual_seed(0))
+            fwd = ed.encode_text([it["c_fwd"] for it in items])
+            tgt = ed.encode_text([it["c_tgt"] for it in items])
+            hi, lo = grid[grid >= tau - 1e-6], grid[grid <= tau + 1e-6]
+            if sdedit:
+                x = (1 - lo[0]) * x_src + lo[0] * noise
+            else:
+                x = euler_sample(lambda z, t: ed(z, t, fwd, x_src), noise, hi)
+            if len(lo) > 1:
+                with ed.base():
+                    x = euler_sample(lambda z, t: ed(z, t, tgt, None), x, lo)
+            return x
+
+        return fn
+
+    def cell(fn) -> str:
+        m = evaluate(fn, ds, oracle)["overall"]
+        return f"{m['edit_success']:.3f} / {m['preservation']:.3f} ({m['psnr']:.1f} dB)"
+
+    out = [
+        f"Editor `{args.run}` ({args.n} held-out seen edits, {cfg.sample.steps} Euler steps): "
+        "edit success / preservation (PSNR to the true target).",
+        "",
+        f"Editor alone: {cell(method(0.0))}",
+        "",
+        "| τ | editor down to τ, then the base under c_tgt | SDEdit from τ |",
+        "|---|---|---|",
+    ]
+    for tau in (0.5, 0.3, 0.15):
+        out.append(f"| {tau} | {cell(method(tau))} | {cell(method(tau, sdedit=True))} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -512,14 +606,18 @@ def main(argv: list[str] | None = None) -> int:
             "editor",
             "prompts",
             "texture",
+            "follow",
+            "handoff",
         ],
     )
-    p.add_argument("--run", help="run folder or checkpoint (grads, rollout, editor)")
+    p.add_argument(
+        "--run", help="run folder or checkpoint (grads, rollout, editor, follow, handoff)"
+    )
     p.add_argument(
         "--n",
         type=int,
         default=160,
-        help="held-out edits (prior, rollout, editor) or scenes (denoise)",
+        help="held-out edits (prior, rollout, editor, follow, handoff) or scenes (denoise)",
     )
     p.add_argument("--samples", type=int, default=256, help="instruction-prompt samples (prompts)")
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
@@ -532,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         "--png", type=Path, default=Path("base_samples.png"), help="PNG (samples, trajectory)"
     )
     args = p.parse_args(argv)
-    if args.probe in ("grads", "rollout", "editor") and not args.run:
+    if args.probe in ("grads", "rollout", "editor", "follow", "handoff") and not args.run:
         p.error(f"{args.probe} needs --run")
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -547,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         "editor": probe_editor,
         "prompts": probe_prompts,
         "texture": probe_texture,
+        "follow": probe_follow,
+        "handoff": probe_handoff,
     }
     lines = probes[args.probe](args)
     text = "\n".join(lines) + "\n"
