@@ -78,10 +78,12 @@ def test_denoise_probe_reports_each_attribute_per_t(tmp_path):
     assert rows[0.5][0] >= 0.9
 
 
-def test_editor_probe_compares_with_the_base_and_counts_changes(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny fresh editor trained two steps: the probes' plumbing, not their numbers."""
     from byg.cli import main as byg_main
 
-    tiny = {  # a tiny fresh editor, two steps: the probe's plumbing, not its numbers
+    tiny = {
         "model.options.dim": 32,
         "model.options.depth": 1,
         "model.options.heads": 2,
@@ -97,9 +99,14 @@ def test_editor_probe_compares_with_the_base_and_counts_changes(tmp_path):
         "byg.warmup_ratio": "null",
         "sample.steps": 2,
     }
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("probes") / "run"
     sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
     assert byg_main(["train", "--config", "configs/toy_image.yaml", "--out", str(run), *sets]) == 0
+    return run
+
+
+def test_editor_probe_compares_with_the_base_and_counts_changes(tmp_path, tiny_run):
+    run = tiny_run
     probes = _load()
     out = tmp_path / "editor.md"
     assert probes.main(["editor", "--run", str(run), "--n", "8", "--out", str(out)]) == 0
@@ -130,3 +137,33 @@ def test_prompts_probe_finds_the_shipped_base_worse_under_instructions_than_no_p
         assert target < empty < instruction
     follow = [line for line in lines if line.startswith("| ") and line.rstrip().endswith(" |")][-1]
     assert 0.0 <= float(follow.strip("|").split("|")[-1]) <= 1.0
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in path.read_text().splitlines()
+        if line.startswith("| 0.")
+    ]
+
+
+def test_follow_probe_reports_editor_and_base_on_both_paths(tmp_path, tiny_run):
+    probes = _load()
+    out = tmp_path / "follow.md"
+    assert probes.main(["follow", "--run", str(tiny_run), "--n", "8", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert [float(r[0]) for r in rows] == [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
+    assert all(len(r) == 5 and all(float(x) >= 0 for x in r[1:]) for r in rows)
+
+
+def test_handoff_probe_scores_editor_handoff_and_sdedit(tmp_path, tiny_run):
+    probes = _load()
+    out = tmp_path / "handoff.md"
+    assert probes.main(["handoff", "--run", str(tiny_run), "--n", "8", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert [float(r[0]) for r in rows] == [0.5, 0.3, 0.15]
+    for r in rows:
+        for cell in r[1:]:
+            success, rest = cell.split(" / ")
+            assert 0.0 <= float(success) <= 1.0 and 0.0 <= float(rest.split()[0]) <= 1.0
+    assert "Editor alone:" in out.read_text()
