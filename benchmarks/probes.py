@@ -1,7 +1,7 @@
 """Diagnostic probes behind the README's findings on the toy world (not part of CI).
 
     python benchmarks/probes.py prior [--run RUN]         # the base's instruction signal Δ
-    python benchmarks/probes.py grads  --run runs/demo/identity_only
+    python benchmarks/probes.py grads  --run runs/demo/identity_only [--byg FIELD=VALUE ...]
     python benchmarks/probes.py rollout --run runs/bench_quality/byg__seed0__<fp>
     python benchmarks/probes.py samples --png base_samples.png [--base DIR]
     python benchmarks/probes.py words [--base DIR]         # does the base listen to each word?
@@ -20,7 +20,8 @@
   type and ``t``. High share and cosine = the base knows what this edit changes. With
   ``--run``, at that run's bootstrap states ``x_t`` (its EMA rollout) instead.
 * ``grads``: gradient norm on the LoRA weights of each ByG term alone (directional, anchor,
-  cycle, identity) for one batch of 16 training tuples, with a run's weights and config.
+  cycle, identity) for one batch of 16 training tuples, with a run's weights and config
+  (``--byg FIELD=VALUE``, repeatable, changes that config's ``byg`` fields first).
 * ``samples``: the base's own samples (no guidance at 20 and 100 Euler steps, CFG 2.0 at
   30) for the source captions of 8 held-out colour edits, beside the true renders, as a
   PNG grid (``--png``, default ``base_samples.png``).
@@ -86,6 +87,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 from byg.data.toy import ToyEditDataset, ToyWorldConfig
 from byg.flow import sample_path
@@ -175,8 +177,16 @@ def probe_grads(args) -> list[str]:
         "| term | loss | gradient norm |",
         "|---|---|---|",
     ]
+    changes = {}
+    for item in args.byg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(cfg.byg, key):
+            raise SystemExit(f"--byg wants FIELD=VALUE with a ByGConfig field, got {item!r}")
+        changes[key] = yaml.safe_load(value)
+    if changes:
+        out[0] = out[0][:-1] + f", with {changes}:"
     for name, v in variants.items():
-        c = dataclasses.replace(cfg.byg, identity_in_full_steps=True, **v)
+        c = dataclasses.replace(cfg.byg, identity_in_full_steps=True, **{**changes, **v})
         for p in params:
             p.grad = None
         res = ByGObjective(c).full_step(ed, batch, torch.Generator().manual_seed(0))
@@ -618,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=160,
         help="held-out edits (prior, rollout, editor, follow, handoff) or scenes (denoise)",
+    )
+    p.add_argument(
+        "--byg", action="append", metavar="FIELD=VALUE", help="change a ByG config field (grads)"
     )
     p.add_argument("--samples", type=int, default=256, help="instruction-prompt samples (prompts)")
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")

@@ -167,3 +167,17 @@ def test_handoff_probe_scores_editor_handoff_and_sdedit(tmp_path, tiny_run):
             success, rest = cell.split(" / ")
             assert 0.0 <= float(success) <= 1.0 and 0.0 <= float(rest.split()[0]) <= 1.0
     assert "Editor alone:" in out.read_text()
+
+
+def test_grads_probe_takes_byg_changes_and_rejects_unknown_fields(tmp_path, tiny_run):
+    probes = _load()
+    out = tmp_path / "grads.md"
+    args = ["grads", "--run", str(tiny_run), "--out", str(out)]
+    assert probes.main([*args, "--byg", "prior_weighting=x0", "--byg", "lambda_prior=3"]) == 0
+    text = out.read_text()
+    assert "'prior_weighting': 'x0'" in text and "'lambda_prior': 3" in text
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+    terms = [r[0].strip() for r in rows[1:]]
+    assert terms[:5] == ["directional", "anchor (α·MSE)", "cycle", "identity (λ_id)", "all"]
+    with pytest.raises(SystemExit, match="ByGConfig field"):
+        probes.main(["grads", "--run", str(tiny_run), "--byg", "no_such_field=1"])
