@@ -18,6 +18,13 @@ Choices METHOD.md leaves open, each a config field:
 * ``direction_reference``: ``"base"`` uses ``u_src`` (METHOD.md default B); ``"editor"``
   uses ``sg(G_θ(x_t, t, x_src, c_rev))`` (option C), one more no-grad editor call per
   direction.
+* ``editor_reference_t_min``: with option C, samples at or below this ``t`` use ``u_src``
+  instead (option C's reference answers the source, and at small ``t`` the base's shift
+  vanishes on any ``x_t``, so there the delta form asks for the source even where ``x_t``
+  already shows the edit).
+* ``prior_weighting``: ``"velocity"`` (as written) or ``"x0"``, each sample's prior times
+  ``t²``: the same terms on ``x̂_0``, so the few smallest ``t``, where the base's ``x̂_0`` is
+  least precise, no longer carry most of the prior's gradient.
 * ``identity_in_full_steps``: ``L_id`` enters every step (METHOD.md as written) when True;
   identity-only steps always use ``L_id`` alone, unweighted.
 * The warm-up ends at ``warmup_steps`` only once the copy path works: the running
