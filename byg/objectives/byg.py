@@ -23,8 +23,9 @@ Choices METHOD.md leaves open, each a config field:
   vanishes on any ``x_t``, so there the delta form asks for the source even where ``x_t``
   already shows the edit).
 * ``prior_weighting``: ``"velocity"`` (as written) or ``"x0"``, each sample's prior times
-  ``t²``: the same terms on ``x̂_0``, so the few smallest ``t``, where the base's ``x̂_0`` is
-  least precise, no longer carry most of the prior's gradient.
+  ``t²``: the squared terms (anchor, delta form) become the same terms on ``x̂_0``, so the
+  few smallest ``t``, where the base's ``x̂_0`` is least precise, no longer carry most of the
+  prior's gradient (the scale-free cosine is only reweighted).
 * ``identity_in_full_steps``: ``L_id`` enters every step (METHOD.md as written) when True;
   identity-only steps always use ``L_id`` alone, unweighted.
 * The warm-up ends at ``warmup_steps`` only once the copy path works: the running
@@ -96,9 +97,10 @@ class ByGConfig:
     # above it cycle and identity alone shape the editor (FlowEdit edits only below n_max)
     prior_t_max: float = 1.0
     # "velocity": the prior as METHOD.md writes it, on velocities; "x0": each sample's prior
-    # times t² (t'² in reverse), i.e. the same terms on the one-step clean predictions
-    # x̂_0 = x_t − t·v. A velocity error at small t is the x̂_0 error over t, so the velocity
-    # form weighs small t by 1/t², where the base's x̂_0 is least precise
+    # times t² (t'² in reverse): the squared terms on the one-step clean predictions
+    # x̂_0 = x_t − t·v (the cosine is only reweighted). A velocity error at small t is the
+    # x̂_0 error over t, so the velocity form weighs small t by 1/t², where the base's x̂_0
+    # is least precise
     prior_weighting: str = "velocity"
     identity_in_full_steps: bool = True
     # "mean": ‖·‖² is the per-element mean; "sum": the squared norm over all D latent
@@ -431,7 +433,7 @@ class ByGObjective:
             prior_f = prior_f * (t <= cfg.prior_t_max).to(prior_f.dtype)
             prior_r = prior_r * (t_r <= cfg.prior_t_max).to(prior_r.dtype)
 
-        if cfg.prior_weighting == "x0":  # the prior on x̂_0 = x_t − t·v: times t²
+        if cfg.prior_weighting == "x0":  # squared terms on x̂_0 = x_t − t·v: times t²
             prior_f = prior_f * t.to(prior_f.dtype) ** 2
             prior_r = prior_r * t_r.to(prior_r.dtype) ** 2
 
