@@ -521,11 +521,16 @@ def probe_texture(args) -> list[str]:
     return out
 
 
-@torch.no_grad()
-def probe_follow(args) -> list[str]:
+def _editor_and_edits(args):
+    """``(cfg, editor in eval mode, --n held-out seen edits)`` for the editor probes."""
     cfg, ed = _editor(args.run)
     ed.eval()
-    ds = eval_dataset(ToyWorldConfig(resolution=cfg.data.resolution), "seen", args.n)
+    return cfg, ed, eval_dataset(ToyWorldConfig(resolution=cfg.data.resolution), "seen", args.n)
+
+
+@torch.no_grad()
+def probe_follow(args) -> list[str]:
+    cfg, ed, ds = _editor_and_edits(args)
     b = collate_batch([ds[i] for i in range(len(ds))], ed, torch.device("cpu"))
     eps = torch.randn(b.x_src.shape, generator=torch.Generator().manual_seed(0))
     den = (b.x_src - b.x_tgt).flatten(1).pow(2).sum(1)
@@ -549,7 +554,7 @@ def probe_follow(args) -> list[str]:
             for v in (v_ed, v_base):
                 r = (x_t - t * v - b.x_tgt).flatten(1).pow(2).sum(1) / den
                 cells.append(f"{r.median().item():.2f}")
-        out.append(f"| {t} | " + " | ".join([cells[0], cells[1], cells[2], cells[3]]) + " |")
+        out.append(f"| {t} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -560,9 +565,7 @@ def probe_handoff(args) -> list[str]:
     from byg.sampling import euler_sample
     from byg.toy_eval import evaluate
 
-    cfg, ed = _editor(args.run)
-    ed.eval()
-    ds = eval_dataset(ToyWorldConfig(resolution=cfg.data.resolution), "seen", args.n)
+    cfg, ed, ds = _editor_and_edits(args)
     oracle = ToyOracle.load()
     grid = schedule(cfg.sample.steps)
 
