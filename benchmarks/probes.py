@@ -574,7 +574,9 @@ def probe_handoff(args) -> list[str]:
             noise = torch.randn(x_src.shape, generator=torch.Generator().manual_seed(0))
             fwd = ed.encode_text([it["c_fwd"] for it in items])
             tgt = ed.encode_text([it["c_tgt"] for it in items])
-            hi, lo = grid[grid >= tau - 1e-6], grid[grid <= tau + 1e-6]
+            cut = torch.tensor([tau], dtype=grid.dtype)  # τ itself ends one part, starts the other
+            hi = torch.cat([grid[grid > tau + 1e-6], cut])
+            lo = torch.cat([cut, grid[grid < tau - 1e-6]])
             if sdedit:
                 x = (1 - lo[0]) * x_src + lo[0] * noise
             else:
