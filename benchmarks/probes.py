@@ -87,12 +87,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
+from byg.config import ConfigError, apply_overrides, from_dict, to_dict
 from byg.data.toy import ToyEditDataset, ToyWorldConfig
 from byg.flow import sample_path
 from byg.infer import build_editor, load_editor
-from byg.objectives.byg import ByGObjective
+from byg.objectives.byg import ByGConfig, ByGObjective
 from byg.run_config import load_run_config
 from byg.toy_eval import eval_dataset
 from byg.train import build_dataset, collate_batch
@@ -177,16 +177,16 @@ def probe_grads(args) -> list[str]:
         "| term | loss | gradient norm |",
         "|---|---|---|",
     ]
-    changes = {}
-    for item in args.byg or []:
-        key, sep, value = item.partition("=")
-        if not sep or not hasattr(cfg.byg, key):
-            raise SystemExit(f"--byg wants FIELD=VALUE with a ByGConfig field, got {item!r}")
-        changes[key] = yaml.safe_load(value)
-    if changes:
-        out[0] = out[0][:-1] + f", with {changes}:"
+    byg = cfg.byg
+    if args.byg:  # the same parsing and checks as `byg train --set byg.FIELD=VALUE`
+        try:
+            byg = from_dict(ByGConfig, apply_overrides(to_dict(byg), args.byg))
+        except ConfigError as e:
+            raise SystemExit(f"--byg wants FIELD=VALUE with a ByGConfig field: {e}") from e
+        keys = [item.split("=", 1)[0] for item in args.byg]
+        out[0] = out[0][:-1] + f", with { ({k: getattr(byg, k) for k in keys}) }:"
     for name, v in variants.items():
-        c = dataclasses.replace(cfg.byg, identity_in_full_steps=True, **{**changes, **v})
+        c = dataclasses.replace(byg, identity_in_full_steps=True, **v)
         for p in params:
             p.grad = None
         res = ByGObjective(c).full_step(ed, batch, torch.Generator().manual_seed(0))
