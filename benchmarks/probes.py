@@ -560,6 +560,8 @@ def probe_follow(args) -> list[str]:
 
 @torch.no_grad()
 def probe_handoff(args) -> list[str]:
+    from byg.baselines.sdedit import SDEditConfig
+    from byg.baselines.sdedit import sdedit as run_sdedit
     from byg.eval.toy_oracle import ToyOracle
     from byg.flow import schedule
     from byg.sampling import euler_sample
@@ -571,20 +573,25 @@ def probe_handoff(args) -> list[str]:
 
     def method(tau: float, sdedit: bool = False):
         def fn(x_src, items):
-            noise = torch.randn(x_src.shape, generator=torch.Generator().manual_seed(0))
             fwd = ed.encode_text([it["c_fwd"] for it in items])
             tgt = ed.encode_text([it["c_tgt"] for it in items])
+            gen = torch.Generator().manual_seed(0)
+
+            def base_tgt(z, t):
+                with ed.base():
+                    return ed(z, t, tgt, None)
+
+            if sdedit:  # the library's SDEdit, on the same grid below τ
+                return run_sdedit(
+                    base_tgt, x_src, SDEditConfig(strength=tau, steps=cfg.sample.steps), gen
+                )
             cut = torch.tensor([tau], dtype=grid.dtype)  # τ itself ends one part, starts the other
             hi = torch.cat([grid[grid > tau + 1e-6], cut])
             lo = torch.cat([cut, grid[grid < tau - 1e-6]])
-            if sdedit:
-                x = (1 - lo[0]) * x_src + lo[0] * noise
-            else:
-                x = euler_sample(lambda z, t: ed(z, t, fwd, x_src), noise, hi)
-            if len(lo) > 1:
-                with ed.base():
-                    x = euler_sample(lambda z, t: ed(z, t, tgt, None), x, lo)
-            return x
+            x = euler_sample(
+                lambda z, t: ed(z, t, fwd, x_src), torch.randn(x_src.shape, generator=gen), hi
+            )
+            return euler_sample(base_tgt, x, lo) if len(lo) > 1 else x
 
         return fn
 
