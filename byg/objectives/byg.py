@@ -320,6 +320,12 @@ class ByGObjective:
         above = (t > t_min).view(-1, *([1] * (ref_editor.ndim - 1)))
         return torch.where(above, ref_editor, u_src)
 
+    def _prior_weight(self, t: Tensor) -> Tensor:
+        """Per-sample factor on the prior: 0 above ``prior_t_max``; ``t²`` under
+        ``prior_weighting: x0`` (the squared terms on ``x̂_0 = x_t − t·v``); else 1."""
+        w = (t <= self.cfg.prior_t_max).float()
+        return w * t.float() ** 2 if self.cfg.prior_weighting == "x0" else w
+
     # ------------------------------------------------------------------ Algorithm 1
     def full_step(self, editor, batch, generator, timer=no_timer, model=None) -> LossOutput:
         cfg = self.cfg
@@ -429,13 +435,8 @@ class ByGObjective:
         l_id = losses.mse(v_id, velocity_target(x_src, eps))
         w_id = cfg.lambda_id if cfg.identity_in_full_steps else 0.0
 
-        if cfg.prior_t_max < 1.0:  # the prior only where t (t') <= prior_t_max
-            prior_f = prior_f * (t <= cfg.prior_t_max).to(prior_f.dtype)
-            prior_r = prior_r * (t_r <= cfg.prior_t_max).to(prior_r.dtype)
-
-        if cfg.prior_weighting == "x0":  # squared terms on x̂_0 = x_t − t·v: times t²
-            prior_f = prior_f * t.to(prior_f.dtype) ** 2
-            prior_r = prior_r * t_r.to(prior_r.dtype) ** 2
+        prior_f = prior_f * self._prior_weight(t)
+        prior_r = prior_r * self._prior_weight(t_r)
 
         # 7. total: per-sample, then batch mean
         k = self.sq_scale(x_src)
