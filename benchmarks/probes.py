@@ -12,6 +12,7 @@
     python benchmarks/probes.py texture [--base DIR]       # where does the base miss texture?
     python benchmarks/probes.py follow --run RUN           # does the editor keep what x_t shows?
     python benchmarks/probes.py handoff --run RUN          # editor above t, base below: edits?
+    python benchmarks/probes.py score --run RUN --n 200    # a checkpoint on held-out edits
 
 * ``prior``: for held-out seen edits, the frozen base's caption-induced shift
   ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
@@ -70,6 +71,10 @@
   state) and the editor alone: edit success / preservation per ``τ``. Where handing off
   raises edit success above the editor alone, the editor's last steps undo edits its first
   steps (or the base) would make.
+* ``score``: a checkpoint's editor (trained weights, ``sample.steps`` Euler steps: the
+  training evaluation and the demo's) on ``--n`` held-out seen and ``--n`` unseen edits (the
+  demo's evaluation set, ``byg.toy_eval.eval_dataset``): edit success, preservation, both,
+  PSNR, and per edit type on the seen split.
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 
@@ -613,6 +618,36 @@ def probe_handoff(args) -> list[str]:
     return out
 
 
+@torch.no_grad()
+def probe_score(args) -> list[str]:
+    from byg.eval.toy_oracle import ToyOracle
+    from byg.toy_eval import editor_fn, evaluate
+
+    cfg, ed = _editor(args.run)
+    world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
+    oracle, fn = ToyOracle.load(), editor_fn(ed, steps=cfg.sample.steps)
+    out = [
+        f"Editor `{args.run}` ({args.n} held-out edits per split, {cfg.sample.steps} Euler "
+        "steps): edit success / preservation [success∧preservation], PSNR to the true target.",
+        "",
+        "| split or seen type | edit success / preservation [both] | PSNR (dB) |",
+        "|---|---|---|",
+    ]
+
+    def row(name: str, m: dict) -> str:
+        return (
+            f"| {name} | {m['edit_success']:.3f} / {m['preservation']:.3f} "
+            f"[{m['success_and_preservation']:.3f}] | {m['psnr']:.1f} |"
+        )
+
+    for split in ("seen", "unseen"):
+        m = evaluate(fn, eval_dataset(world, split, args.n), oracle)
+        out.append(row(split, m["overall"]))
+        if split == "seen":
+            out += [row(f"seen {k}", v) for k, v in sorted(m["by_type"].items())]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -630,10 +665,11 @@ def main(argv: list[str] | None = None) -> int:
             "texture",
             "follow",
             "handoff",
+            "score",
         ],
     )
     p.add_argument(
-        "--run", help="run folder or checkpoint (grads, rollout, editor, follow, handoff)"
+        "--run", help="run folder or checkpoint (grads, rollout, editor, follow, handoff, score)"
     )
     p.add_argument(
         "--n",
@@ -655,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         "--png", type=Path, default=Path("base_samples.png"), help="PNG (samples, trajectory)"
     )
     args = p.parse_args(argv)
-    if args.probe in ("grads", "rollout", "editor", "follow", "handoff") and not args.run:
+    if args.probe in ("grads", "rollout", "editor", "follow", "handoff", "score") and not args.run:
         p.error(f"{args.probe} needs --run")
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -672,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         "texture": probe_texture,
         "follow": probe_follow,
         "handoff": probe_handoff,
+        "score": probe_score,
     }
     lines = probes[args.probe](args)
     text = "\n".join(lines) + "\n"

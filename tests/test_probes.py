@@ -181,3 +181,21 @@ def test_grads_probe_takes_byg_changes_and_rejects_unknown_fields(tmp_path, tiny
     assert terms[:5] == ["directional", "anchor (α·MSE)", "cycle", "identity (λ_id)", "all"]
     with pytest.raises(SystemExit, match="ByGConfig field"):
         probes.main(["grads", "--run", str(tiny_run), "--byg", "no_such_field=1"])
+
+
+def test_score_probe_reports_both_splits_and_seen_types(tmp_path, tiny_run):
+    probes = _load()
+    out = tmp_path / "score.md"
+    assert probes.main(["score", "--run", str(tiny_run), "--n", "8", "--out", str(out)]) == 0
+    rows = {
+        cells[0]: cells[1]
+        for line in out.read_text().splitlines()
+        if line.startswith("| ") and "split" not in line
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert "seen" in rows and "unseen" in rows
+    assert any(k.startswith("seen ") for k in rows)
+    for cell in rows.values():
+        success, rest = cell.split(" / ")
+        pres, both = rest.split(" [")
+        assert all(0.0 <= float(x) <= 1.0 for x in (success, pres, both.rstrip("]")))
