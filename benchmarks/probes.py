@@ -13,6 +13,7 @@
     python benchmarks/probes.py follow --run RUN           # does the editor keep what x_t shows?
     python benchmarks/probes.py handoff --run RUN          # editor above t, base below: edits?
     python benchmarks/probes.py score --run RUN --n 200    # a checkpoint on held-out edits
+    python benchmarks/probes.py routing [--run RUN]        # which way do prior and cycle push?
 
 * ``prior``: for held-out seen edits, the frozen base's caption-induced shift
   ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
@@ -77,6 +78,15 @@
   PSNR, and per edit type on the seen split.
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
+* ``routing``: for ``--n`` held-out seen edits at the run's own bootstrap states (its EMA
+  rollout to ``t``), the per-sample gradients of the forward prior (weighted as in training)
+  and of the cycle (reaching ``v_f`` through the straight-through routing) on the forward
+  velocity ``v_f``; gradient descent moves ``x̂_edit = x_t − t·v_f`` along ``+∂L/∂v_f``, so
+  its cosine with the true edit ``x_tgt − x_src`` says whether a term pushes toward the edit
+  or back to the source. Last, the editor's instruction response at the same ``x_t``,
+  ``G(c_fwd) − G(c_rev)``, against the base's caption shift ``Δ``: its size ratio and cosine.
+  ``--byg FIELD=VALUE`` as for ``grads``; without ``--run``, the demo config's untrained
+  editor (its LoRA at zero) on the shipped base.
 
 Each prints a Markdown table; ``--out FILE`` appends it there as well.
 """
@@ -97,6 +107,7 @@ from byg.config import ConfigError, apply_overrides, from_dict, to_dict
 from byg.data.toy import ToyEditDataset, ToyWorldConfig
 from byg.flow import sample_path
 from byg.infer import build_editor, load_editor
+from byg.objectives import losses
 from byg.objectives.byg import ByGConfig, ByGObjective
 from byg.run_config import load_run_config
 from byg.toy_eval import eval_dataset
@@ -163,6 +174,21 @@ def probe_prior(args) -> list[str]:
     return out
 
 
+def _byg_config(args, cfg) -> ByGConfig:
+    """The run's ``byg`` section with ``--byg FIELD=VALUE`` applied (parsed and checked as
+    ``byg train --set byg.FIELD=VALUE`` is)."""
+    if not args.byg:
+        return cfg.byg
+    try:
+        return from_dict(ByGConfig, apply_overrides(to_dict(cfg.byg), args.byg))
+    except ConfigError as e:
+        raise SystemExit(f"--byg wants FIELD=VALUE with a ByGConfig field: {e}") from e
+
+
+def _changed(args, byg: ByGConfig) -> dict:
+    return {k: getattr(byg, k) for k in (item.split("=", 1)[0] for item in args.byg or [])}
+
+
 def probe_grads(args) -> list[str]:
     cfg, ed = _editor(args.run)
     ds = build_dataset(cfg)
@@ -182,14 +208,9 @@ def probe_grads(args) -> list[str]:
         "| term | loss | gradient norm |",
         "|---|---|---|",
     ]
-    byg = cfg.byg
-    if args.byg:  # the same parsing and checks as `byg train --set byg.FIELD=VALUE`
-        try:
-            byg = from_dict(ByGConfig, apply_overrides(to_dict(byg), args.byg))
-        except ConfigError as e:
-            raise SystemExit(f"--byg wants FIELD=VALUE with a ByGConfig field: {e}") from e
-        keys = [item.split("=", 1)[0] for item in args.byg]
-        out[0] = out[0][:-1] + f", with { ({k: getattr(byg, k) for k in keys}) }:"
+    byg = _byg_config(args, cfg)
+    if args.byg:
+        out[0] = out[0][:-1] + f", with {_changed(args, byg)}:"
     for name, v in variants.items():
         c = dataclasses.replace(byg, identity_in_full_steps=True, **v)
         for p in params:
@@ -648,6 +669,87 @@ def probe_score(args) -> list[str]:
     return out
 
 
+def probe_routing(args) -> list[str]:
+    from torch import Tensor
+
+    from byg.flow import interpolate, predict_x0, velocity_target
+
+    cfg, ed, ds = _editor_and_edits(args)
+    b = collate_batch([ds[i] for i in range(len(ds))], ed, torch.device("cpu"))
+    c = _byg_config(args, cfg)
+    obj, g = ByGObjective(c), torch.Generator().manual_seed(0)
+    k = obj.sq_scale(b.x_src)
+    edit = (b.x_tgt - b.x_src).flatten(1)
+
+    def cos(a: Tensor, d: Tensor) -> float:
+        return F.cosine_similarity(a.flatten(1), d, dim=1).median().item()
+
+    out = [
+        f"Editor `{args.run or 'untrained, configs/toy_image.yaml'}` ({args.n} held-out seen edits"
+        + (f"; {_changed(args, c)}" if args.byg else "")
+        + "): per-sample gradients of the prior "
+        "(forward, as weighted in training) and of the cycle (through the routing) on the "
+        "forward velocity `v_f`. Gradient descent moves `x̂_edit = x_t − t·v_f` along "
+        "`+∂L/∂v_f`; columns give that direction's cosine with the true edit `x_tgt − x_src` "
+        "and with `x_src − x_clean` (back to the source), and the norms; then how much the "
+        "editor's velocity at the same `x_t` changes between the forward and the reverse "
+        "instruction, against the base's caption shift `Δ = B(c_tgt) − B(c_src)` (medians).",
+        "",
+        "| t | prior: cos with edit | cycle: cos with edit | cycle: cos with x_src − x_clean "
+        "| cos(prior, cycle) | ‖∂prior‖ | ‖∂cycle‖ | ‖G(c_fwd) − G(c_rev)‖ / ‖Δ‖ "
+        "| cos(G(c_fwd) − G(c_rev), Δ) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in (0.1, 0.3, 0.5, 0.7, 0.9):
+        tt = torch.full((b.size,), t)
+        eps = torch.randn(b.x_src.shape, generator=g)
+        eps_r = torch.randn(b.x_src.shape, generator=g)
+        t_r = c.time.sample(b.size, g, b.x_src.device)
+        with torch.no_grad():
+            x_t, x_clean = obj.rollout(ed, b, tt, eps)
+            with ed.base():
+                u_tgt = ed(x_t, tt, b.text["tgt"], None).float()
+                u_src = ed(x_t, tt, b.text["src"], None).float()
+            v_rev = ed(x_t, tt, b.text["rev"], b.x_src).float()
+            ref = obj._reference(v_rev, u_src, tt) if c.direction_reference == "editor" else None
+            v0 = ed(x_t, tt, b.text["fwd"], b.x_src).float()
+            heard, delta = (v0 - v_rev).flatten(1), (u_tgt - u_src).flatten(1)
+        grads = []
+        for term in ("prior", "cycle"):
+            v_f = v0.clone().requires_grad_(True)
+            if term == "prior":
+                loss, _, _ = losses.prior(
+                    v_f,
+                    u_src,
+                    u_tgt,
+                    alpha=c.eff_alpha,
+                    use_directional=not c.no_directional,
+                    reference=ref,
+                    mse_scale=k,
+                    form=c.direction_form,
+                    delta_scale=c.direction_scale,
+                )
+                loss = c.lambda_prior * loss * obj._prior_weight(tt)
+            else:
+                x_cond = losses.route_gradient(
+                    predict_x0(x_t, tt, v_f), x_clean, enabled=not c.no_gradient_routing
+                )
+                v_r = ed(interpolate(b.x_src, eps_r, t_r), t_r, b.text["rev"], x_cond)
+                loss = k * c.eff_lambda_cyc * losses.mse(v_r, velocity_target(b.x_src, eps_r))
+            (grad,) = torch.autograd.grad(loss.sum(), v_f)
+            grads.append(grad)
+        gp, gc = grads
+        back = (b.x_src - x_clean).flatten(1)
+        out.append(
+            f"| {t} | {cos(gp, edit):+.2f} | {cos(gc, edit):+.2f} | {cos(gc, back):+.2f} "
+            f"| {cos(gp, gc.flatten(1)):+.2f} | {gp.flatten(1).norm(dim=1).median().item():.3g} "
+            f"| {gc.flatten(1).norm(dim=1).median().item():.3g} "
+            f"| {(heard.norm(dim=1) / delta.norm(dim=1)).median().item():.2f} "
+            f"| {cos(heard, delta):+.2f} |"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -666,19 +768,24 @@ def main(argv: list[str] | None = None) -> int:
             "follow",
             "handoff",
             "score",
+            "routing",
         ],
     )
     p.add_argument(
-        "--run", help="run folder or checkpoint (grads, rollout, editor, follow, handoff, score)"
+        "--run",
+        help="run folder or checkpoint (grads, rollout, editor, follow, handoff, score, routing)",
     )
     p.add_argument(
         "--n",
         type=int,
         default=160,
-        help="held-out edits (prior, rollout, editor, follow, handoff) or scenes (denoise)",
+        help="held-out edits (prior, rollout, editor, follow, handoff, score, routing) or scenes (denoise)",
     )
     p.add_argument(
-        "--byg", action="append", metavar="FIELD=VALUE", help="change a ByG config field (grads)"
+        "--byg",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="change a ByG config field (grads, routing)",
     )
     p.add_argument("--samples", type=int, default=256, help="instruction-prompt samples (prompts)")
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
@@ -709,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         "follow": probe_follow,
         "handoff": probe_handoff,
         "score": probe_score,
+        "routing": probe_routing,
     }
     lines = probes[args.probe](args)
     text = "\n".join(lines) + "\n"

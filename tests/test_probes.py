@@ -199,3 +199,23 @@ def test_score_probe_reports_both_splits_and_seen_types(tmp_path, tiny_run):
         success, rest = cell.split(" / ")
         pres, both = rest.split(" [")
         assert all(0.0 <= float(x) <= 1.0 for x in (success, pres, both.rstrip("]")))
+
+
+def test_routing_probe_reports_both_terms_and_drops_the_cycle_with_no_cycle(tmp_path):
+    """On the demo config's untrained editor over the shipped base (a tiny random base has
+    no caption shift, so every gradient would be zero)."""
+    probes = _load()
+    out = tmp_path / "routing.md"
+    args = ["routing", "--n", "8", "--out", str(out)]
+    assert probes.main(args) == 0
+    rows = _rows(out)
+    assert [float(r[0]) for r in rows] == [0.1, 0.3, 0.5, 0.7, 0.9]
+    for r in rows:
+        cosines = [float(r[i]) for i in (1, 2, 3, 4, 8)]
+        assert all(-1.0 <= c <= 1.0 for c in cosines)
+        assert float(r[5]) > 0 and float(r[6]) > 0 and float(r[7]) >= 0
+    # the cycle reaches v_f only through the routed condition: no cycle, no gradient
+    off = tmp_path / "routing_off.md"
+    assert probes.main([*args[:-1], str(off), "--byg", "no_cycle=true"]) == 0
+    assert "'no_cycle': True" in off.read_text()
+    assert all(float(r[6]) == 0.0 for r in _rows(off))
