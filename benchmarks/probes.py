@@ -718,17 +718,7 @@ def probe_routing(args) -> list[str]:
         for term in ("prior", "cycle"):
             v_f = v0.clone().requires_grad_(True)
             if term == "prior":
-                loss, _, _ = losses.prior(
-                    v_f,
-                    u_src,
-                    u_tgt,
-                    alpha=c.eff_alpha,
-                    use_directional=not c.no_directional,
-                    reference=ref,
-                    mse_scale=k,
-                    form=c.direction_form,
-                    delta_scale=c.direction_scale,
-                )
+                loss = obj.prior_loss(v_f, u_src, u_tgt, ref, b.x_src)[0]
                 loss = c.lambda_prior * loss * obj._prior_weight(tt)
             else:
                 x_cond = losses.route_gradient(

@@ -320,6 +320,24 @@ class ByGObjective:
         above = (t > t_min).view(-1, *([1] * (ref_editor.ndim - 1)))
         return torch.where(above, ref_editor, u_src)
 
+    def prior_loss(
+        self, v: Tensor, u_src: Tensor, u_tgt: Tensor, reference: Tensor | None, x: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``losses.prior`` under this config (α, form, scale, ``no_directional``; ``x`` sets
+        the ``sum`` scale): per-sample ``(total, l_dir, l_mse)``, before ``_prior_weight``."""
+        cfg = self.cfg
+        return losses.prior(
+            v,
+            u_src,
+            u_tgt,
+            alpha=cfg.eff_alpha,
+            use_directional=not cfg.no_directional,
+            reference=reference,
+            mse_scale=self.sq_scale(x),
+            form=cfg.direction_form,
+            delta_scale=cfg.direction_scale,
+        )
+
     def _prior_weight(self, t: Tensor) -> Tensor:
         """Per-sample factor on the prior: 0 above ``prior_t_max``; ``t²`` under
         ``prior_weighting: x0`` (the squared terms on ``x̂_0 = x_t − t·v``); else 1."""
@@ -394,17 +412,7 @@ class ByGObjective:
                 ref_f = self._reference(editor(x_t, t, text["rev"], x_src).float(), u_src, t)
 
         # 4. prior, forward
-        prior_f, dir_f, mse_f = losses.prior(
-            v_f,
-            u_src,
-            u_tgt,
-            alpha=cfg.eff_alpha,
-            use_directional=not cfg.no_directional,
-            reference=ref_f,
-            mse_scale=self.sq_scale(x_src),
-            form=cfg.direction_form,
-            delta_scale=cfg.direction_scale,
-        )
+        prior_f, dir_f, mse_f = self.prior_loss(v_f, u_src, u_tgt, ref_f, x_src)
 
         # 5. cycle with gradient routing
         with timer("reverse"):
@@ -417,17 +425,7 @@ class ByGObjective:
                     with torch.no_grad():
                         ref_r = editor(s_tr, t_r, text["fwd"], x_cond.detach()).float()
                         ref_r = self._reference(ref_r, u_src_r, t_r)
-                prior_r, dir_r, mse_r = losses.prior(
-                    v_r,
-                    u_src_r,
-                    u_tgt_r,
-                    alpha=cfg.eff_alpha,
-                    use_directional=not cfg.no_directional,
-                    reference=ref_r,
-                    mse_scale=self.sq_scale(x_src),
-                    form=cfg.direction_form,
-                    delta_scale=cfg.direction_scale,
-                )
+                prior_r, dir_r, mse_r = self.prior_loss(v_r, u_src_r, u_tgt_r, ref_r, x_src)
             else:
                 prior_r = dir_r = mse_r = torch.zeros_like(l_cyc)
 
