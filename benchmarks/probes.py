@@ -718,8 +718,7 @@ def probe_routing(args) -> list[str]:
         for term in ("prior", "cycle"):
             v_f = v0.clone().requires_grad_(True)
             if term == "prior":
-                loss = obj.prior_loss(v_f, u_src, u_tgt, ref, b.x_src)[0]
-                loss = c.lambda_prior * loss * obj._prior_weight(tt)
+                loss = c.lambda_prior * obj.prior_loss(v_f, u_src, u_tgt, ref, b.x_src, tt)[0]
             else:
                 x_cond = losses.route_gradient(
                     predict_x0(x_t, tt, v_f), x_clean, enabled=not c.no_gradient_routing

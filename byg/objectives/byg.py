@@ -321,12 +321,19 @@ class ByGObjective:
         return torch.where(above, ref_editor, u_src)
 
     def prior_loss(
-        self, v: Tensor, u_src: Tensor, u_tgt: Tensor, reference: Tensor | None, x: Tensor
+        self,
+        v: Tensor,
+        u_src: Tensor,
+        u_tgt: Tensor,
+        reference: Tensor | None,
+        x: Tensor,
+        t: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``losses.prior`` under this config (α, form, scale, ``no_directional``; ``x`` sets
-        the ``sum`` scale): per-sample ``(total, l_dir, l_mse)``, before ``_prior_weight``."""
+        the ``sum`` scale), per sample: ``total`` times ``_prior_weight(t)`` (``prior_t_max``,
+        ``prior_weighting``), ``l_dir`` and ``l_mse`` unweighted (as logged)."""
         cfg = self.cfg
-        return losses.prior(
+        total, l_dir, l_mse = losses.prior(
             v,
             u_src,
             u_tgt,
@@ -337,6 +344,7 @@ class ByGObjective:
             form=cfg.direction_form,
             delta_scale=cfg.direction_scale,
         )
+        return total * self._prior_weight(t), l_dir, l_mse
 
     def _prior_weight(self, t: Tensor) -> Tensor:
         """Per-sample factor on the prior: 0 above ``prior_t_max``; ``t²`` under
@@ -412,7 +420,7 @@ class ByGObjective:
                 ref_f = self._reference(editor(x_t, t, text["rev"], x_src).float(), u_src, t)
 
         # 4. prior, forward
-        prior_f, dir_f, mse_f = self.prior_loss(v_f, u_src, u_tgt, ref_f, x_src)
+        prior_f, dir_f, mse_f = self.prior_loss(v_f, u_src, u_tgt, ref_f, x_src, t)
 
         # 5. cycle with gradient routing
         with timer("reverse"):
@@ -425,16 +433,13 @@ class ByGObjective:
                     with torch.no_grad():
                         ref_r = editor(s_tr, t_r, text["fwd"], x_cond.detach()).float()
                         ref_r = self._reference(ref_r, u_src_r, t_r)
-                prior_r, dir_r, mse_r = self.prior_loss(v_r, u_src_r, u_tgt_r, ref_r, x_src)
+                prior_r, dir_r, mse_r = self.prior_loss(v_r, u_src_r, u_tgt_r, ref_r, x_src, t_r)
             else:
                 prior_r = dir_r = mse_r = torch.zeros_like(l_cyc)
 
         # 6. identity
         l_id = losses.mse(v_id, velocity_target(x_src, eps))
         w_id = cfg.lambda_id if cfg.identity_in_full_steps else 0.0
-
-        prior_f = prior_f * self._prior_weight(t)
-        prior_r = prior_r * self._prior_weight(t_r)
 
         # 7. total: per-sample, then batch mean
         k = self.sq_scale(x_src)
