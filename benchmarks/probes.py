@@ -14,6 +14,7 @@
     python benchmarks/probes.py handoff --run RUN          # editor above t, base below: edits?
     python benchmarks/probes.py score --run RUN --n 200    # a checkpoint on held-out edits
     python benchmarks/probes.py routing [--run RUN]        # which way do prior and cycle push?
+    python benchmarks/probes.py gate --run RUN             # where is an edit_gate editor's gate open?
 
 * ``prior``: for held-out seen edits, the frozen base's caption-induced shift
   ``Δ = B(x_t, c_tgt) − B(x_t, c_src)`` at the noised source ``x_t = (1 − t) x_src + t ε``:
@@ -87,6 +88,12 @@
   ``G(c_fwd) − G(c_rev)``, against the base's caption shift ``Δ``: its size ratio and cosine.
   ``--byg FIELD=VALUE`` as for ``grads``; without ``--run``, the demo config's untrained
   editor (its LoRA at zero) on the shipped base.
+* ``gate``: for a run whose editor has the toy backbone's ``edit_gate`` (output
+  ``x̂_0 = y + g·(x̂_0,net − y)``), the gate ``g`` at the run's bootstrap states ``x_t``
+  under the forward instruction, averaged inside and outside the pixels the true edit
+  changes, per ``t``; then, for one batch of ``--n`` of those edits through the training
+  step, the summed gradient of each ByG term alone on the gate's logits of the forward
+  edit, inside and outside the edit (negative: gradient descent opens the gate there).
 
 Each prints a Markdown table; ``--out FILE`` appends it there as well.
 """
@@ -739,6 +746,64 @@ def probe_routing(args) -> list[str]:
     return out
 
 
+def probe_gate(args) -> list[str]:
+    cfg, ed, ds = _editor_and_edits(args)
+    gates = [m for n, m in ed.backbone.named_modules() if n.split(".")[-1] == "edit_gate"]
+    if not gates:
+        raise SystemExit(f"{args.run}: the editor has no edit_gate (model.options.edit_gate)")
+    b = collate_batch([ds[i] for i in range(len(ds))], ed, torch.device("cpu"))
+    inside = ((b.x_src - b.x_tgt).abs().amax(1, keepdim=True) > 0.05).float()
+    outside = 1 - inside
+    logits: list[torch.Tensor] = []
+    hook = gates[0].register_forward_hook(lambda m, i, o: logits.append(o))
+    obj, g = ByGObjective(cfg.byg), torch.Generator().manual_seed(0)
+    out = [
+        f"Editor `{args.run}` ({args.n} held-out seen edits): the gate `g` of the forward edit "
+        "at the run's bootstrap states, mean inside and outside the pixels the true edit "
+        "changes.",
+        "",
+        "| t | g inside the edit | g outside |",
+        "|---|---|---|",
+    ]
+    for t in (0.1, 0.3, 0.5, 0.7, 0.9):
+        tt = torch.full((b.size,), t)
+        with torch.no_grad():
+            x_t, _ = obj.rollout(ed, b, tt, torch.randn(b.x_src.shape, generator=g))
+            logits.clear()
+            ed(x_t, tt, b.text["fwd"], b.x_src)
+            gate = torch.sigmoid(logits[-1])
+        gin = (gate * inside).sum() / inside.sum()
+        gout = (gate * outside).sum() / outside.sum()
+        out.append(f"| {t} | {gin.item():.3f} | {gout.item():.3f} |")
+    out += [
+        "",
+        "Summed gradient of each term on the forward edit's gate logits, one training step "
+        "on these edits (negative: descent opens the gate):",
+        "",
+        "| term | inside the edit | outside |",
+        "|---|---|---|",
+    ]
+    variants = {
+        "directional": dict(alpha=0.0, lambda_cyc=0.0, lambda_id=0.0),
+        "anchor (α·MSE)": dict(no_directional=True, lambda_cyc=0.0, lambda_id=0.0),
+        "cycle": dict(lambda_prior=0.0, lambda_id=0.0),
+        "all": dict(),
+    }
+    for name, v in variants.items():
+        c = dataclasses.replace(cfg.byg, identity_in_full_steps=True, **v)
+        logits.clear()
+        res = ByGObjective(c).full_step(ed, b, torch.Generator().manual_seed(0))
+        # the first call with grad: the forward edit, batched with the identity pass after it
+        fwd = next(x for x in logits if x.requires_grad)
+        (grad,) = torch.autograd.grad(res.loss, fwd, allow_unused=True)
+        grad = torch.zeros_like(fwd[: b.size]) if grad is None else grad[: b.size]
+        out.append(
+            f"| {name} | {(grad * inside).sum().item():+.3f} | {(grad * outside).sum().item():+.3f} |"
+        )
+    hook.remove()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -758,11 +823,12 @@ def main(argv: list[str] | None = None) -> int:
             "handoff",
             "score",
             "routing",
+            "gate",
         ],
     )
     p.add_argument(
         "--run",
-        help="run folder or checkpoint (grads, rollout, editor, follow, handoff, score, routing)",
+        help="run folder or checkpoint (grads, rollout, editor, follow, handoff, score, routing, gate)",
     )
     p.add_argument(
         "--n",
@@ -787,7 +853,8 @@ def main(argv: list[str] | None = None) -> int:
         "--png", type=Path, default=Path("base_samples.png"), help="PNG (samples, trajectory)"
     )
     args = p.parse_args(argv)
-    if args.probe in ("grads", "rollout", "editor", "follow", "handoff", "score") and not args.run:
+    needs_run = ("grads", "rollout", "editor", "follow", "handoff", "score", "gate")
+    if args.probe in needs_run and not args.run:
         p.error(f"{args.probe} needs --run")
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -806,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
         "handoff": probe_handoff,
         "score": probe_score,
         "routing": probe_routing,
+        "gate": probe_gate,
     }
     lines = probes[args.probe](args)
     text = "\n".join(lines) + "\n"

@@ -225,10 +225,21 @@ def check_paths(cfg: RunConfig) -> None:
         raise FileNotFoundError("does not exist: " + "; ".join(missing))
 
 
-def _check_same_backbone(ckpt: dict, editor) -> None:
+#: backbone config fields ``train.init_from`` may add to a trained editor (a new module
+#: whose adapter starts at zero; ``byg.backbones.toy.ToyBackboneConfig.edit_gate``)
+INIT_MAY_ADD: tuple[str, ...] = ("edit_gate", "edit_gate_bias", "edit_gate_t_min")
+
+
+def _check_same_backbone(ckpt: dict, editor, ignore: tuple[str, ...] = ()) -> None:
+    def strip(desc: dict | None) -> dict | None:
+        if desc is None or not ignore:
+            return desc
+        config = {k: v for k, v in desc.get("config", {}).items() if k not in ignore}
+        return {**desc, "config": config}
+
     saved_backbone = ckpt["state"].get("backbone")
     this_backbone = json.loads(json.dumps(editor.backbone.describe()))
-    if saved_backbone is not None and saved_backbone != this_backbone:
+    if saved_backbone is not None and strip(saved_backbone) != strip(this_backbone):
         raise TrainingError(
             f"checkpoint {ckpt['path']} is from backbone {saved_backbone}, this run builds "
             f"{this_backbone}"
@@ -243,8 +254,8 @@ def _load_init(init_from: str, cfg: RunConfig, editor) -> Path:
         raise TrainingError(f"train.init_from: {e}") from e
     ckpt = load_checkpoint(path)
     _check_compatible(ckpt["config"], cfg, objective=False)
-    _check_same_backbone(ckpt, editor)
-    editor.load_lora_state_dict(ckpt["lora"], ckpt["ema"])
+    _check_same_backbone(ckpt, editor, ignore=INIT_MAY_ADD)
+    editor.load_lora_state_dict(ckpt["lora"], ckpt["ema"], new_ok=("edit_gate",))
     return path
 
 

@@ -219,3 +219,49 @@ def test_routing_probe_reports_both_terms_and_drops_the_cycle_with_no_cycle(tmp_
     assert probes.main([*args[:-1], str(off), "--byg", "no_cycle=true"]) == 0
     assert "'no_cycle': True" in off.read_text()
     assert all(float(r[6]) == 0.0 for r in _rows(off))
+
+
+def test_gate_probe_reports_the_gate_and_each_terms_push(tmp_path, tiny_run):
+    """A tiny U-Net editor with ``edit_gate`` trained two steps: the gate probe's means are
+    gate values, its gradient table has every term; a run without a gate is refused."""
+    from byg.cli import main as byg_main
+
+    unet = {
+        "model.options.arch": "unet",
+        "model.options.pos_embed": "rope",
+        "model.options.dim": 32,
+        "model.options.depth": 1,
+        "model.options.heads": 2,
+        "model.options.stem_channels": 8,
+        "model.options.stem_levels": 2,
+        "model.options.attn_from_level": 1,
+        "model.options.cond_add": "true",
+        "model.options.edit_gate": "true",
+        "lora.rank": 2,
+        "lora.rank_pattern": "{}",
+        "train.batch_size": 2,
+        "train.steps": 2,
+        "train.eval_every": 0,
+        "train.num_threads": 1,
+        "byg.rollout_steps": 2,
+        "byg.warmup_steps": 1,
+        "byg.warmup_ratio": "null",
+        "sample.steps": 2,
+    }
+    run = tmp_path / "gate_run"
+    sets = [a for k, v in unet.items() for a in ("--set", f"{k}={v}")]
+    assert byg_main(["train", "--config", "configs/toy_image.yaml", "--out", str(run), *sets]) == 0
+    probes = _load()
+    out = tmp_path / "gate.md"
+    assert probes.main(["gate", "--run", str(run), "--n", "6", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert [float(r[0]) for r in rows] == [0.1, 0.3, 0.5, 0.7, 0.9]
+    assert all(0.0 < float(x) < 1.0 for r in rows for x in r[1:])
+    terms = [
+        line.strip("|").split("|")[0].strip()
+        for line in out.read_text().splitlines()
+        if line.startswith("| ") and not line.startswith("| 0.")
+    ]
+    assert terms[-4:] == ["directional", "anchor (α·MSE)", "cycle", "all"]
+    with pytest.raises(SystemExit, match="no edit_gate"):
+        probes.main(["gate", "--run", str(tiny_run), "--n", "4"])

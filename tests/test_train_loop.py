@@ -232,3 +232,48 @@ def test_config_errors_name_the_field():
         load_run_config(None, ["data.source=folder"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_run_config("/nonexistent.yaml")
+
+
+def test_init_from_may_add_an_edit_gate_to_a_trained_toy_editor(tmp_path):
+    """``train.init_from`` with ``model.options.edit_gate`` turned on: the saved adapters load
+    unchanged, the gate's adapter starts at zero; any other backbone change is refused."""
+    unet = [
+        "model.options.arch=unet",
+        "model.options.pos_embed=rope",
+        "model.options.dim=32",
+        "model.options.depth=1",
+        "model.options.heads=2",
+        "model.options.stem_channels=8",
+        "model.options.stem_levels=2",
+        "model.options.attn_from_level=1",
+        "model.options.cond_add=true",
+        "lora.rank=2",
+        "lora.rank_pattern={}",
+        "train.batch_size=2",
+        "train.eval_every=0",
+        "train.preview_every=0",
+        "train.num_threads=1",
+        "byg.rollout_steps=2",
+        "byg.warmup_steps=1",
+        "byg.warmup_ratio=null",
+        "sample.steps=2",
+    ]
+    cfg = load_run_config("configs/toy_image.yaml", [*unet, "train.steps=2"])
+    first = train_mod.train(cfg, tmp_path / "a", progress=False)["editor"].lora_state_dict()
+    gated = [*unet, "model.options.edit_gate=true", f"train.init_from={tmp_path / 'a'}"]
+    res = train_mod.train(
+        load_run_config("configs/toy_image.yaml", [*gated, "train.steps=0"]),
+        tmp_path / "b",
+        progress=False,
+    )
+    got = res["editor"].lora_state_dict()
+    new = sorted(set(got) - set(first))
+    assert new and all("edit_gate.lora_" in k for k in new)
+    assert all(not got[k].any() for k in new if "lora_B" in k)
+    for k in first:
+        assert torch.equal(got[k], first[k]), k
+    with pytest.raises(train_mod.TrainingError, match="backbone"):
+        bad = [*gated, "model.options.stem_channels=16", "train.steps=0"]
+        train_mod.train(
+            load_run_config("configs/toy_image.yaml", bad), tmp_path / "c", progress=False
+        )

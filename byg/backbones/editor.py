@@ -168,10 +168,23 @@ class Editor(nn.Module):
 
     @torch.no_grad()
     def load_lora_state_dict(
-        self, state: dict[str, Tensor], ema: dict[str, Tensor] | None = None
+        self,
+        state: dict[str, Tensor],
+        ema: dict[str, Tensor] | None = None,
+        *,
+        new_ok: tuple[str, ...] = (),
     ) -> None:
-        """Load LoRA (and optionally EMA) tensors; refuses mismatched names or shapes."""
+        """Load LoRA (and optionally EMA) tensors; refuses mismatched names or shapes.
+
+        ``new_ok``: module names whose adapters may be missing from ``state`` (a module the
+        saved editor did not have, e.g. an ``edit_gate`` added to a trained editor); they
+        keep their initialisation (LoRA B at zero: no change until trained).
+        """
         params = dict(self.lora_named_parameters())
+        fresh = {n for n in set(params) - set(state) if any(f"{m}.lora_" in n for m in new_ok)}
+        state = {**state, **{n: params[n].detach().clone() for n in fresh}}
+        if ema is not None:
+            ema = {**ema, **{n: state[n] for n in fresh}}
         missing = sorted(set(params) - set(state))
         extra = sorted(set(state) - set(params))
         if missing or extra:

@@ -148,6 +148,16 @@ class ToyBackboneConfig:
             with its LoRA at zero *is* the base under its text, condition or not; the
             condition then runs only through the encoder (its decoder pass is skipped).
         attn_from_level: first U-Net level (0 = full resolution) with attention (``unet``).
+        edit_gate: ``arch: unet``, with a condition: an output gate over the source (not in
+            the ByG paper; an option of this toy editor). A 3x3 conv on the head's
+            features (``edit_gate``, zero weights, bias ``edit_gate_bias``; an editor trains
+            it through its LoRA) gives ``g = sigmoid(.)`` per pixel, and the velocity is
+            ``g·v_net + (1 − g)·(x_t − y) / max(t, edit_gate_t_min)``: in ``x̂_0`` terms
+            ``x̂_0 = y + g·(x̂_0,net − y)``, so where the gate is shut the output is the
+            source ``y`` exactly and the network only has to draw what changes. Without a
+            condition (the base) the gate is not used.
+        edit_gate_bias: the gate's fixed logit where its LoRA adds nothing (``-2``: 0.12).
+        edit_gate_t_min: floor on ``t`` in the copy velocity ``(x_t − y) / t``.
         vocab: tokenizer words (without specials); ``None`` = the toy world's vocabulary.
     """
 
@@ -174,6 +184,9 @@ class ToyBackboneConfig:
     cond_tokens: bool = True
     arch: Literal["hybrid", "unet"] = "hybrid"
     attn_from_level: int = 1
+    edit_gate: bool = False
+    edit_gate_bias: float = -2.0
+    edit_gate_t_min: float = 0.02
     vocab: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -197,8 +210,8 @@ class ToyBackboneConfig:
             raise ValueError(f"arch must be 'hybrid' or 'unet', got {self.arch!r}")
         if self.arch == "unet":
             self._check_unet()
-        elif self.cond_add_levels or not self.cond_tokens:
-            raise ValueError("cond_add_levels and cond_tokens: false need arch='unet'")
+        elif self.cond_add_levels or not self.cond_tokens or self.edit_gate:
+            raise ValueError("cond_add_levels, cond_tokens: false and edit_gate need arch='unet'")
         elif self.image_size % (self.patch_size * 2 ** (self.stem_levels - 1)):
             raise ValueError(
                 f"patch_size={self.patch_size} x 2**(stem_levels-1)="
@@ -224,6 +237,8 @@ class ToyBackboneConfig:
             raise ValueError(f"prediction must be 'velocity' or 'sample', got {self.prediction!r}")
         if not 0 < self.sample_t_min < 1:
             raise ValueError(f"sample_t_min must be in (0, 1), got {self.sample_t_min}")
+        if not 0 < self.edit_gate_t_min < 1:
+            raise ValueError(f"edit_gate_t_min must be in (0, 1), got {self.edit_gate_t_min}")
         if self.vocab is not None:
             bad = [w for w in self.vocab if split_words(w) != [w]]
             if bad:
@@ -612,7 +627,9 @@ class ToyBackbone(Backbone):
         self.stem_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
         if cfg.arch == "unet":
             self._init_unet(cfg)
-            self.default_lora_targets = UNET_LORA_TARGETS
+            self.default_lora_targets = UNET_LORA_TARGETS + (
+                ("edit_gate",) if cfg.edit_gate else ()
+            )
             return
         chs = [ch * 2**level for level in range(cfg.stem_levels)]
         self.grid = cfg.image_size // (p * 2 ** (cfg.stem_levels - 1))
@@ -686,9 +703,19 @@ class ToyBackbone(Backbone):
         self.head_out = nn.Conv2d(ch, cfg.channels, 3, padding=1)
         nn.init.zeros_(self.head_out.weight)
         nn.init.zeros_(self.head_out.bias)
+        if cfg.edit_gate:
+            self.edit_gate = nn.Conv2d(ch, 1, 3, padding=1)
+            nn.init.zeros_(self.edit_gate.weight)
+            nn.init.constant_(self.edit_gate.bias, cfg.edit_gate_bias)
 
-    def _unet(self, x: Tensor, emb: Tensor, pair: bool, feats: Tensor, mask: Tensor) -> Tensor:
-        """U-Net over ``x [b2, C, H, W]`` (noisy images, then their conditions when ``pair``)."""
+    def _unet(
+        self, x: Tensor, emb: Tensor, pair: bool, feats: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """U-Net over ``x [b2, C, H, W]`` (noisy images, then their conditions when ``pair``).
+
+        Returns the head's output and, with a condition and ``edit_gate``, the gate's logits
+        ``[b, 1, H, W]`` for the noisy images (else ``None``).
+        """
         cfg = self.config
 
         joint = pair and cfg.cond_tokens  # condition tokens in the noisy tokens' attention
@@ -729,7 +756,9 @@ class ToyBackbone(Backbone):
                 h = layer(h, emb, joint, feats, mask, ropes[level])
             if level:
                 h = self.up_conv[level - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.head_out(F.silu(self.head_norm(h)))
+        h = F.silu(self.head_norm(h))
+        gate = self.edit_gate(h[:b]) if pair and cfg.edit_gate else None
+        return self.head_out(h), gate
 
     # ------------------------------------------------------------------ interface
     def encode_text(self, prompts: list[str]) -> TextEmbeds:
@@ -794,12 +823,18 @@ class ToyBackbone(Backbone):
         c_x = self.t_embed(timestep_embedding(t, self.config.dim)) + pooled  # (B, D)
         if self.config.arch == "unet":
             if cond is None:
-                out = self._unet(x_t, c_x, False, feats, mask)
-            else:
-                c_y = cond_embedding(self.t_embed, t, pooled, self.config)
-                both = torch.cat([x_t, cond.to(x_t.dtype)], 0)
-                out = self._unet(both, torch.cat([c_x, c_y], 0), True, feats, mask)[:b]
-            return self._velocity(out, x_t, t)
+                return self._velocity(self._unet(x_t, c_x, False, feats, mask)[0], x_t, t)
+            c_y = cond_embedding(self.t_embed, t, pooled, self.config)
+            y = cond.to(x_t.dtype)
+            out, gate = self._unet(
+                torch.cat([x_t, y], 0), torch.cat([c_x, c_y], 0), True, feats, mask
+            )
+            v = self._velocity(out[:b], x_t, t)
+            if gate is None:
+                return v
+            g = torch.sigmoid(gate)
+            t_div = t.to(v.dtype).clamp_min(self.config.edit_gate_t_min).view(-1, 1, 1, 1)
+            return g * v + (1 - g) * (x_t - y) / t_div
         n = self.grid * self.grid
         skips, h = self._image_tokens(x_t, c_x)
         c, groups = c_x[:, None], [n]  # (B, 1, D): one modulation for all noisy tokens
@@ -859,7 +894,20 @@ def save_toy_backbone(model: ToyBackbone, path: str | Path, extra: dict | None =
 
 
 #: config fields an editor may set on a saved base: how the condition enters the model
-EDITOR_OPTIONS: tuple[str, ...] = ("cond_add", "cond_add_levels", "cond_tokens")
+EDITOR_OPTIONS: tuple[str, ...] = (
+    "cond_add",
+    "cond_add_levels",
+    "cond_tokens",
+    "edit_gate",
+    "edit_gate_bias",
+    "edit_gate_t_min",
+)
+#: editor-only modules a base may lack; they keep their initialisation when it does
+_EDITOR_MODULES: tuple[str, ...] = ("cond_add_proj", "edit_gate")
+
+
+def _editor_only(key: str) -> bool:
+    return any(name in key for name in _EDITOR_MODULES)
 
 
 def load_toy_backbone(path: str | Path, **editor_options: Any) -> ToyBackbone:
@@ -890,12 +938,12 @@ def load_toy_backbone(path: str | Path, **editor_options: Any) -> ToyBackbone:
     model = ToyBackbone(config)
     wanted = set(model.state_dict())
     state = {
-        k: v for k, v in load_file(str(weights)).items() if k in wanted or "cond_add_proj" not in k
-    }  # projections turned off on load
+        k: v for k, v in load_file(str(weights)).items() if k in wanted or not _editor_only(k)
+    }  # editor modules turned off on load
     missing, unexpected = model.load_state_dict(state, strict=False)
     if config != saved:  # projections the saved layout lacks start at zero
         had = set(ToyBackbone(saved).state_dict())
-        missing = [k for k in missing if k in had or "cond_add_proj" not in k]
+        missing = [k for k in missing if k in had or not _editor_only(k)]
     if missing or unexpected:
         raise ValueError(
             f"{weights} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
@@ -934,9 +982,14 @@ def build(options: dict[str, Any]) -> ToyBackbone:
                 f"toy backbone: 'checkpoint' allows only {list(EDITOR_OPTIONS)} beside it, "
                 f"got {sorted(options)}"
             )
-        for k in ("cond_add", "cond_tokens"):
+        for k in ("cond_add", "cond_tokens", "edit_gate"):
             if k in editor and not isinstance(editor[k], bool):
                 raise ValueError(f"toy backbone: {k!r} must be true or false, got {editor[k]!r}")
+        for k in ("edit_gate_bias", "edit_gate_t_min"):
+            if k in editor and (
+                isinstance(editor[k], bool) or not isinstance(editor[k], (int, float))
+            ):
+                raise ValueError(f"toy backbone: {k!r} must be a number, got {editor[k]!r}")
         levels = editor.get("cond_add_levels")
         if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)):
             raise ValueError(f"toy backbone: 'cond_add_levels' must be an integer, got {levels!r}")

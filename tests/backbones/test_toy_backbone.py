@@ -478,3 +478,44 @@ def test_unet_without_condition_tokens_is_the_base_until_its_projections_open(tm
     names = {n for n, _ in lora.lora_named_parameters()}
     for level in range(levels):
         assert f"cond_level_add.{level}.cond_add_proj.lora_A.default.weight" in names
+
+
+def test_edit_gate_blends_the_network_with_the_exact_copy_of_the_source(tmp_path):
+    """``edit_gate``: ``v = g·v_net + (1 − g)·(x_t − y)/t`` with ``g = sigmoid(edit_gate)``;
+    a base saved without the gate loads with it; the gate is a LoRA target; with the gate
+    shut, Euler sampling lands on the source exactly; without a condition it is the base."""
+    model = _tiny(**UNET, cond_add=True)
+    x, t, text, cond = _inputs(model)
+    t = t.clamp_min(0.1)
+    save_toy_backbone(model, tmp_path / "base")
+    gated = build_backbone(
+        "toy", {"checkpoint": str(tmp_path / "base"), "cond_add": True, "edit_gate": True}
+    )
+    g = torch.sigmoid(torch.tensor(gated.config.edit_gate_bias))
+    with torch.no_grad():
+        v_net = model(x, t, text, cond)
+        copy = (x - cond) / t.view(-1, 1, 1, 1)
+        torch.testing.assert_close(gated(x, t, text, cond), g * v_net + (1 - g) * copy)
+        torch.testing.assert_close(gated(x, t, text), model(x, t, text), rtol=0, atol=0)
+        # a spatially varying gate, pixel by pixel
+        gated.edit_gate.weight.normal_(0, 0.5)
+        feats = {}
+        hook = gated.head_out.register_forward_hook(lambda m, i, o: feats.update(h=i[0]))
+        v = gated(x, t, text, cond)
+        hook.remove()
+        g_map = torch.sigmoid(gated.edit_gate(feats["h"][: len(x)]))
+        assert g_map.std() > 1e-3
+        torch.testing.assert_close(v, g_map * v_net + (1 - g_map) * copy)
+        # shut: every Euler step moves straight to the source, which the last step reaches
+        gated.edit_gate.weight.zero_()
+        gated.edit_gate.bias.fill_(-60.0)
+        z, ts = torch.randn_like(x), torch.linspace(1, 0, 6)
+        for t0, t1 in zip(ts[:-1], ts[1:]):
+            z = z + (t1 - t0) * gated(z, t0.expand(len(x)), text, cond)
+        torch.testing.assert_close(z, cond, rtol=0, atol=1e-5)
+    lora = Editor(gated, rank=2, ema_decay=0.0)
+    assert "edit_gate.lora_A.default.weight" in {n for n, _ in lora.lora_named_parameters()}
+    with pytest.raises(ValueError, match="edit_gate"):
+        ToyBackboneConfig(**TINY, edit_gate=True)  # hybrid layout: no gate
+    with pytest.raises(ValueError, match="edit_gate_bias"):
+        build_backbone("toy", {"checkpoint": str(tmp_path / "base"), "edit_gate_bias": "x"})
