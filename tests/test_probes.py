@@ -78,27 +78,30 @@ def test_denoise_probe_reports_each_attribute_per_t(tmp_path):
     assert rows[0.5][0] >= 0.9
 
 
+#: ``--set`` overrides of configs/toy_image.yaml for a tiny fresh editor trained two steps
+TINY_TRAIN = {
+    "model.options.dim": 32,
+    "model.options.depth": 1,
+    "model.options.heads": 2,
+    "model.options.stem_channels": 8,
+    "lora.rank": 2,
+    "train.batch_size": 2,
+    "train.steps": 2,
+    "train.eval_every": 0,
+    "train.num_threads": 1,
+    "byg.rollout_steps": 2,
+    "byg.warmup_steps": 1,
+    "byg.warmup_ratio": "null",
+    "sample.steps": 2,
+}
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A tiny fresh editor trained two steps: the probes' plumbing, not their numbers."""
     from byg.cli import main as byg_main
 
-    tiny = {
-        "model.options.dim": 32,
-        "model.options.depth": 1,
-        "model.options.heads": 2,
-        "model.options.stem_channels": 8,
-        "model.options.patch_size": 4,
-        "lora.rank": 2,
-        "train.batch_size": 2,
-        "train.steps": 2,
-        "train.eval_every": 0,
-        "train.num_threads": 1,
-        "byg.rollout_steps": 2,
-        "byg.warmup_steps": 1,
-        "byg.warmup_ratio": "null",
-        "sample.steps": 2,
-    }
+    tiny = {**TINY_TRAIN, "model.options.patch_size": 4}
     run = tmp_path_factory.mktemp("probes") / "run"
     sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
     assert byg_main(["train", "--config", "configs/toy_image.yaml", "--out", str(run), *sets]) == 0
@@ -227,26 +230,14 @@ def test_gate_probe_reports_the_gate_and_each_terms_push(tmp_path, tiny_run):
     from byg.cli import main as byg_main
 
     unet = {
+        **TINY_TRAIN,
         "model.options.arch": "unet",
         "model.options.pos_embed": "rope",
-        "model.options.dim": 32,
-        "model.options.depth": 1,
-        "model.options.heads": 2,
-        "model.options.stem_channels": 8,
         "model.options.stem_levels": 2,
         "model.options.attn_from_level": 1,
         "model.options.cond_add": "true",
         "model.options.edit_gate": "true",
-        "lora.rank": 2,
         "lora.rank_pattern": "{}",
-        "train.batch_size": 2,
-        "train.steps": 2,
-        "train.eval_every": 0,
-        "train.num_threads": 1,
-        "byg.rollout_steps": 2,
-        "byg.warmup_steps": 1,
-        "byg.warmup_ratio": "null",
-        "sample.steps": 2,
     }
     run = tmp_path / "gate_run"
     sets = [a for k, v in unet.items() for a in ("--set", f"{k}={v}")]

@@ -767,7 +767,11 @@ class ToyBackbone(Backbone):
         return {k: v.to(device) for k, v in self.tokenizer(list(prompts)).items()}
 
     def describe(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, "config": dataclasses.asdict(self.config)}
+        config = dataclasses.asdict(self.config)
+        if not self.config.edit_gate:  # as before the option existed: old checkpoints match
+            for k in ("edit_gate", "edit_gate_bias", "edit_gate_t_min"):
+                config.pop(k)
+        return {"class": type(self).__name__, "config": config}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
