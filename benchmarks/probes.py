@@ -76,7 +76,8 @@
 * ``score``: a checkpoint's editor (trained weights, ``sample.steps`` Euler steps: the
   training evaluation and the demo's) on ``--n`` held-out seen and ``--n`` unseen edits (the
   demo's evaluation set, ``byg.toy_eval.eval_dataset``): edit success, preservation, both,
-  PSNR, and per edit type on the seen split.
+  PSNR, and per edit type on the seen split with what broke preservation there (which
+  other attributes read differently, the object moved, its silhouette changed).
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 * ``routing``: for ``--n`` held-out seen edits at the run's own bootstrap states (its EMA
@@ -648,6 +649,7 @@ def probe_handoff(args) -> list[str]:
 
 @torch.no_grad()
 def probe_score(args) -> list[str]:
+    from byg.eval.toy_metrics import CENTROID_TOL_PX, IOU_THRESHOLD, POSITION_ONLY_EDITS
     from byg.eval.toy_oracle import ToyOracle
     from byg.toy_eval import editor_fn, evaluate
 
@@ -656,23 +658,38 @@ def probe_score(args) -> list[str]:
     oracle, fn = ToyOracle.load(), editor_fn(ed, steps=cfg.sample.steps)
     out = [
         f"Editor `{args.run}` ({args.n} held-out edits per split, {cfg.sample.steps} Euler "
-        "steps): edit success / preservation [success∧preservation], PSNR to the true target.",
+        "steps): edit success / preservation [success∧preservation], PSNR to the true target; "
+        "per seen type, what broke preservation: outputs reading another attribute "
+        f"differently from the source, the object moved more than {CENTROID_TOL_PX} px, its "
+        f"silhouette's IoU with the source's under {IOU_THRESHOLD}.",
         "",
-        "| split or seen type | edit success / preservation [both] | PSNR (dB) |",
-        "|---|---|---|",
+        "| split or seen type | edit success / preservation [both] | PSNR (dB) | what else changed |",
+        "|---|---|---|---|",
     ]
 
-    def row(name: str, m: dict) -> str:
+    def row(name: str, m: dict, records: list[dict] | None = None) -> str:
+        cell = ""
+        if records is not None:
+            broke = collections.Counter(a for r in records for a in r["changed"])
+            broke["moved"] = sum(r["centroid_err_px"] > CENTROID_TOL_PX for r in records)
+            broke["silhouette"] = sum(
+                r["edit_type"] not in POSITION_ONLY_EDITS and r["iou"] < IOU_THRESHOLD
+                for r in records
+            )
+            cell = ", ".join(f"{k} {v}" for k, v in broke.most_common() if v) or "none"
+            cell += f" (of {len(records)})"
         return (
             f"| {name} | {m['edit_success']:.3f} / {m['preservation']:.3f} "
-            f"[{m['success_and_preservation']:.3f}] | {m['psnr']:.1f} |"
+            f"[{m['success_and_preservation']:.3f}] | {m['psnr']:.1f} | {cell} |"
         )
 
     for split in ("seen", "unseen"):
         m = evaluate(fn, eval_dataset(world, split, args.n), oracle)
         out.append(row(split, m["overall"]))
         if split == "seen":
-            out += [row(f"seen {k}", v) for k, v in sorted(m["by_type"].items())]
+            for k, v in sorted(m["by_type"].items()):
+                records = [r for r in m["per_example"] if r["edit_type"] == k]
+                out.append(row(f"seen {k}", v, records))
     return out
 
 
