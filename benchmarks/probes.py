@@ -73,8 +73,8 @@
   state) and the editor alone: edit success / preservation per ``τ``. Where handing off
   raises edit success above the editor alone, the editor's last steps undo edits its first
   steps (or the base) would make.
-* ``score``: a checkpoint's editor (trained weights, ``sample.steps`` Euler steps: the
-  training evaluation and the demo's) on ``--n`` held-out seen and ``--n`` unseen edits (the
+* ``score``: a checkpoint's editor (trained weights, ``--ema``: its EMA weights;
+  ``sample.steps`` Euler steps: the training evaluation and the demo's) on ``--n`` held-out seen and ``--n`` unseen edits (the
   demo's evaluation set, ``byg.toy_eval.eval_dataset``): edit success, preservation, both,
   PSNR, and per edit type on the seen split with what broke preservation there (which
   other attributes read differently, the object moved, its silhouette changed).
@@ -655,9 +655,10 @@ def probe_score(args) -> list[str]:
 
     cfg, ed = _editor(args.run)
     world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
-    oracle, fn = ToyOracle.load(), editor_fn(ed, steps=cfg.sample.steps)
+    oracle, fn = ToyOracle.load(), editor_fn(ed, steps=cfg.sample.steps, use_ema=args.ema)
     out = [
-        f"Editor `{args.run}` ({args.n} held-out edits per split, {cfg.sample.steps} Euler "
+        f"Editor `{args.run}`{' (EMA weights)' if args.ema else ''} ({args.n} held-out edits "
+        f"per split, {cfg.sample.steps} Euler "
         "steps): edit success / preservation [success∧preservation], PSNR to the true target; "
         "per seen type, what broke preservation: outputs reading another attribute "
         f"differently from the source, the object moved more than {CENTROID_TOL_PX} px, its "
@@ -860,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         help="change a ByG config field (grads, routing)",
     )
     p.add_argument("--samples", type=int, default=256, help="instruction-prompt samples (prompts)")
+    p.add_argument("--ema", action="store_true", help="sample with the EMA weights (score)")
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
     p.add_argument(
         "--base",
