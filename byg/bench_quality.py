@@ -489,6 +489,15 @@ def _without_neutral(run_config: dict) -> dict:
     return out
 
 
+def _world_fields(world) -> dict:
+    """The world's fields for a fingerprint; ``texture_anchor`` only when not ``object``
+    (it came later, and ``object`` is how worlds were drawn before it)."""
+    fields = dataclasses.asdict(world)
+    if fields.get("texture_anchor") == "object":
+        fields.pop("texture_anchor")
+    return fields
+
+
 def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -694,7 +703,7 @@ class QualityBench:
     def _common(self) -> dict:
         return {
             "base": self.base_hash,
-            "world": dataclasses.asdict(self.world),
+            "world": _world_fields(self.world),
             "n_eval": self.settings.n_eval,
             "eval_batch": self.settings.eval_batch,
             "version": CACHE_VERSION,

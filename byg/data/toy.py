@@ -18,7 +18,8 @@ Geometry (all in fractions of the resolution, so any resolution works):
 * the second object sits in the image corner farthest from the main object, so the two
   never overlap at any size.
 
-Textures are drawn on a pixel grid anchored at the rounded object centre: stripes are
+Textures are drawn on a pixel grid anchored at the rounded object centre (or, with
+``texture_anchor: image``, at the image corner): stripes are
 horizontal bands ``period / 2`` pixels wide (2 px of every 4 at 32x32) with one band
 through the centre; dots are ``period / 2``-pixel squares on a ``period`` grid with one dot
 at the centre. In the ``filled`` style the marks are a darker shade of the object colour;
@@ -133,6 +134,10 @@ class ToyWorldConfig:
         unseen_textures: textures never used as the edited value of texture edits there.
         unseen_edit_types: edit types that appear only in the unseen split.
         edit_types: the edit types that exist at all.
+        texture_anchor: where stripes and dots are anchored: ``"object"`` (the rounded
+            object centre, so the pattern moves with the object) or ``"image"`` (the image's
+            top-left corner: one fixed grid for every scene). For measuring what the base
+            finds hard about texture (README, the toy base); the shipped world is ``object``.
     """
 
     resolution: int = 32
@@ -141,8 +146,13 @@ class ToyWorldConfig:
     unseen_textures: tuple[str, ...] = ("dotted",)
     unseen_edit_types: tuple[str, ...] = ("style",)
     edit_types: tuple[str, ...] = EDIT_TYPES
+    texture_anchor: str = "object"
 
     def __post_init__(self) -> None:
+        if self.texture_anchor not in ("object", "image"):
+            raise ValueError(
+                f"ToyWorldConfig.texture_anchor must be 'object' or 'image', got {self.texture_anchor!r}"
+            )
         for name in ("unseen_colours", "unseen_textures", "unseen_edit_types", "edit_types"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, (tuple, list)):
@@ -386,7 +396,8 @@ def render(scene: Scene, cfg: ToyWorldConfig, scale: float = 1.0) -> np.ndarray:
     cx, cy, r = scene.x * res, scene.y * res, SIZE_EXTENT[scene.size] * res * scale
     sdf = shape_sdf(scene.shape, px, py, cx, cy, r)
     period = TEXTURE_PERIOD * res
-    marks = _pattern(scene.texture, px, py, round(cx), round(cy), period)
+    ox, oy = (round(cx), round(cy)) if cfg.texture_anchor == "object" else (0, 0)
+    marks = _pattern(scene.texture, px, py, ox, oy, period)
     colour = np.array(COLOURS[scene.colour], dtype=np.float64)
     inside = sdf < 0
     if scene.style == "filled":

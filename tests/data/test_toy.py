@@ -335,3 +335,24 @@ def test_instruction_prompts_end_at_the_scene_and_name_its_value():
     assert set(CFG.unseen_colours) <= colours
     a = instruction_prompt(scene, np.random.default_rng(9), CFG)
     assert a == instruction_prompt(scene, np.random.default_rng(9), CFG)
+
+
+def test_texture_anchor_moves_the_pattern_with_the_object_or_keeps_it_on_the_image_grid():
+    """``object``: moving the object down one pixel moves its stripes down one pixel;
+    ``image``: the stripes stay on the image's grid (rows 3 and 0 of every 4, a band of half
+    the period around each multiple of the period from the corner)."""
+    image = dataclasses.replace(CFG, texture_anchor="image")
+    s = dataclasses.replace(BASE, size="large", texture="striped", x=0.5, y=0.5)
+    moved = dataclasses.replace(s, y=0.5 + 1 / 32)
+
+    def marked_rows(img):  # rows of the middle column drawn in the marks' shade
+        col = img[:, 16].astype(int)
+        return {r for r in range(32) if np.abs(col[r] - shade(s.colour)).sum() == 0}
+
+    a, b = marked_rows(render(s, CFG)), marked_rows(render(moved, CFG))
+    assert len(a) >= 6 and {(r + 1) % 4 for r in a} == {r % 4 for r in b}
+    for scene in (s, moved):
+        rows = marked_rows(render(scene, image))
+        assert len(rows) >= 6 and {r % 4 for r in rows} == {3, 0}
+    with pytest.raises(ValueError, match="texture_anchor"):
+        ToyWorldConfig(texture_anchor="centre")
