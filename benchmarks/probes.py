@@ -74,7 +74,8 @@
   raises edit success above the editor alone, the editor's last steps undo edits its first
   steps (or the base) would make.
 * ``score``: a checkpoint's editor (trained weights, ``--ema``: its EMA weights;
-  ``sample.steps`` Euler steps: the training evaluation and the demo's) on ``--n`` held-out seen and ``--n`` unseen edits (the
+  ``sample.steps`` Euler steps: the training evaluation and the demo's) on ``--n`` held-out
+  seen and ``--n`` unseen edits (the
   demo's evaluation set, ``byg.toy_eval.eval_dataset``): edit success, preservation, both,
   PSNR, and per edit type on the seen split with what broke preservation there (which
   other attributes read differently, the object moved, its silhouette changed).
