@@ -225,11 +225,6 @@ def check_paths(cfg: RunConfig) -> None:
         raise FileNotFoundError("does not exist: " + "; ".join(missing))
 
 
-#: backbone config fields ``train.init_from`` may add to a trained editor (a new module
-#: whose adapter starts at zero; ``byg.backbones.toy.ToyBackboneConfig.edit_gate``)
-INIT_MAY_ADD: tuple[str, ...] = ("edit_gate", "edit_gate_bias", "edit_gate_t_min")
-
-
 def _check_same_backbone(ckpt: dict, editor, ignore: tuple[str, ...] = ()) -> None:
     def strip(desc: dict | None) -> dict | None:
         if desc is None or not ignore:
@@ -254,8 +249,9 @@ def _load_init(init_from: str, cfg: RunConfig, editor) -> Path:
         raise TrainingError(f"train.init_from: {e}") from e
     ckpt = load_checkpoint(path)
     _check_compatible(ckpt["config"], cfg, objective=False)
-    _check_same_backbone(ckpt, editor, ignore=INIT_MAY_ADD)
-    editor.load_lora_state_dict(ckpt["lora"], ckpt["ema"], new_ok=("edit_gate",))
+    backbone = editor.backbone  # what this backbone lets init_from add (toy: edit_gate)
+    _check_same_backbone(ckpt, editor, ignore=backbone.init_may_add_fields)
+    editor.load_lora_state_dict(ckpt["lora"], ckpt["ema"], new_ok=backbone.init_may_add_modules)
     return path
 
 

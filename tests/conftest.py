@@ -10,6 +10,33 @@ from torch import nn
 
 from byg.backbones.base import Backbone, TextEmbeds
 
+#: ``--set`` overrides of configs/toy_image.yaml for a tiny fresh toy editor trained two steps
+TINY_TRAIN = {
+    "model.options.dim": 32,
+    "model.options.depth": 1,
+    "model.options.heads": 2,
+    "model.options.stem_channels": 8,
+    "lora.rank": 2,
+    "train.batch_size": 2,
+    "train.steps": 2,
+    "train.eval_every": 0,
+    "train.num_threads": 1,
+    "byg.rollout_steps": 2,
+    "byg.warmup_steps": 1,
+    "byg.warmup_ratio": "null",
+    "sample.steps": 2,
+}
+#: the same editor on a tiny U-Net with the condition added at the stem (the demo's layout)
+TINY_UNET_TRAIN = {
+    **TINY_TRAIN,
+    "model.options.arch": "unet",
+    "model.options.pos_embed": "rope",
+    "model.options.stem_levels": 2,
+    "model.options.attn_from_level": 1,
+    "model.options.cond_add": "true",
+    "lora.rank_pattern": "{}",
+}
+
 
 class TinyBackbone(Backbone):
     """A minimal image velocity model: per-pixel MLP over (x, cond, time, text).

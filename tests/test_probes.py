@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN, TINY_UNET_TRAIN
 
 PROBES = Path(__file__).resolve().parents[1] / "benchmarks" / "probes.py"
 
@@ -76,24 +77,6 @@ def test_denoise_probe_reports_each_attribute_per_t(tmp_path):
     assert all(len(r) == 7 and all(0.0 <= x <= 1.0 for x in r) for r in rows.values())
     # the background survives denoising from t = 0.5 on the shipped base
     assert rows[0.5][0] >= 0.9
-
-
-#: ``--set`` overrides of configs/toy_image.yaml for a tiny fresh editor trained two steps
-TINY_TRAIN = {
-    "model.options.dim": 32,
-    "model.options.depth": 1,
-    "model.options.heads": 2,
-    "model.options.stem_channels": 8,
-    "lora.rank": 2,
-    "train.batch_size": 2,
-    "train.steps": 2,
-    "train.eval_every": 0,
-    "train.num_threads": 1,
-    "byg.rollout_steps": 2,
-    "byg.warmup_steps": 1,
-    "byg.warmup_ratio": "null",
-    "sample.steps": 2,
-}
 
 
 @pytest.fixture(scope="module")
@@ -229,16 +212,7 @@ def test_gate_probe_reports_the_gate_and_each_terms_push(tmp_path, tiny_run):
     gate values, its gradient table has every term; a run without a gate is refused."""
     from byg.cli import main as byg_main
 
-    unet = {
-        **TINY_TRAIN,
-        "model.options.arch": "unet",
-        "model.options.pos_embed": "rope",
-        "model.options.stem_levels": 2,
-        "model.options.attn_from_level": 1,
-        "model.options.cond_add": "true",
-        "model.options.edit_gate": "true",
-        "lora.rank_pattern": "{}",
-    }
+    unet = {**TINY_UNET_TRAIN, "model.options.edit_gate": "true"}
     run = tmp_path / "gate_run"
     sets = [a for k, v in unet.items() for a in ("--set", f"{k}={v}")]
     assert byg_main(["train", "--config", "configs/toy_image.yaml", "--out", str(run), *sets]) == 0

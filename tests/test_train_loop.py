@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from conftest import TinyBackbone
+from conftest import TINY_UNET_TRAIN, TinyBackbone
 
 import byg.backbones.registry as registry
 import byg.train as train_mod
@@ -237,28 +237,8 @@ def test_config_errors_name_the_field():
 def test_init_from_may_add_an_edit_gate_to_a_trained_toy_editor(tmp_path):
     """``train.init_from`` with ``model.options.edit_gate`` turned on: the saved adapters load
     unchanged, the gate's adapter starts at zero; any other backbone change is refused."""
-    unet = [
-        "model.options.arch=unet",
-        "model.options.pos_embed=rope",
-        "model.options.dim=32",
-        "model.options.depth=1",
-        "model.options.heads=2",
-        "model.options.stem_channels=8",
-        "model.options.stem_levels=2",
-        "model.options.attn_from_level=1",
-        "model.options.cond_add=true",
-        "lora.rank=2",
-        "lora.rank_pattern={}",
-        "train.batch_size=2",
-        "train.eval_every=0",
-        "train.preview_every=0",
-        "train.num_threads=1",
-        "byg.rollout_steps=2",
-        "byg.warmup_steps=1",
-        "byg.warmup_ratio=null",
-        "sample.steps=2",
-    ]
-    cfg = load_run_config("configs/toy_image.yaml", [*unet, "train.steps=2"])
+    unet = [f"{k}={v}" for k, v in {**TINY_UNET_TRAIN, "train.preview_every": 0}.items()]
+    cfg = load_run_config("configs/toy_image.yaml", unet)  # two steps
     first = train_mod.train(cfg, tmp_path / "a", progress=False)["editor"].lora_state_dict()
     gated = [*unet, "model.options.edit_gate=true", f"train.init_from={tmp_path / 'a'}"]
     res = train_mod.train(

@@ -57,6 +57,10 @@ class Backbone(nn.Module, ABC):
     default_lora_targets: tuple[str, ...] = ()
     #: "image" or "video": the layout of the latents
     kind: str = "image"
+    #: modules ``train.init_from`` may add to an editor trained without them (their
+    #: adapters start at zero), and the ``describe()`` config fields that turn them on
+    init_may_add_modules: tuple[str, ...] = ()
+    init_may_add_fields: tuple[str, ...] = ()
 
     @abstractmethod
     def forward(

@@ -80,6 +80,10 @@ def default_vocabulary() -> list[str]:
     return sorted(set(words))
 
 
+#: the ``edit_gate`` option's config fields (left out of ``describe()`` while it is off)
+GATE_FIELDS: tuple[str, ...] = ("edit_gate", "edit_gate_bias", "edit_gate_t_min")
+
+
 @dataclass
 class ToyBackboneConfig:
     """Architecture of the toy backbone (all sizes validated on construction).
@@ -612,6 +616,8 @@ class ToyBackbone(Backbone):
 
     default_lora_targets = (*BLOCK_LORA_TARGETS, "to_pixels", "cond_add_proj")
     kind = "image"
+    init_may_add_modules = ("edit_gate",)
+    init_may_add_fields = GATE_FIELDS
 
     def __init__(self, config: ToyBackboneConfig | None = None) -> None:
         super().__init__()
@@ -769,7 +775,7 @@ class ToyBackbone(Backbone):
     def describe(self) -> dict[str, Any]:
         config = dataclasses.asdict(self.config)
         if not self.config.edit_gate:  # as before the option existed: old checkpoints match
-            for k in ("edit_gate", "edit_gate_bias", "edit_gate_t_min"):
+            for k in GATE_FIELDS:
                 config.pop(k)
         return {"class": type(self).__name__, "config": config}
 
@@ -898,14 +904,7 @@ def save_toy_backbone(model: ToyBackbone, path: str | Path, extra: dict | None =
 
 
 #: config fields an editor may set on a saved base: how the condition enters the model
-EDITOR_OPTIONS: tuple[str, ...] = (
-    "cond_add",
-    "cond_add_levels",
-    "cond_tokens",
-    "edit_gate",
-    "edit_gate_bias",
-    "edit_gate_t_min",
-)
+EDITOR_OPTIONS: tuple[str, ...] = ("cond_add", "cond_add_levels", "cond_tokens", *GATE_FIELDS)
 #: editor-only modules a base may lack; they keep their initialisation when it does
 _EDITOR_MODULES: tuple[str, ...] = ("cond_add_proj", "edit_gate")
 
