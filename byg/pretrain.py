@@ -379,6 +379,7 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
     world = world_config(cfg)
     torch.manual_seed(cfg.seed)
     model = ToyBackbone(cfg.model).train()
+    history: list[dict] = []  # the earlier stages' pretrain configs when continuing a base
     if cfg.init_from:
         start = load_toy_backbone(cfg.init_from)
         # the output's parametrisation may change (``prediction``), nothing else
@@ -393,6 +394,7 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
                 f"({_config_diff(same, model.config)})"
             )
         model.load_state_dict(start.state_dict())
+        history = _history(cfg.init_from)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay
@@ -453,13 +455,17 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
             snap = to_dict(cfg)
             snap["model"] = dataclasses.asdict(ema.config)
             save_toy_backbone(
-                ema, out, extra={"pretrain": snap, "seed": cfg.seed, "step": step + 1}
+                ema,
+                out,
+                extra={"pretrain": snap, "seed": cfg.seed, "step": step + 1, "history": history},
             )
     log.close()
     train_seconds = time.time() - t_train
     resolved = to_dict(cfg)
     resolved["model"] = dataclasses.asdict(ema.config)  # vocabulary filled in
-    save_toy_backbone(ema, out, extra={"pretrain": resolved, "seed": cfg.seed})
+    save_toy_backbone(
+        ema, out, extra={"pretrain": resolved, "seed": cfg.seed, "history": history}
+    )
     result: dict[str, Any] = {}
     if cfg.eval.num_samples > 0:
         result = caption_accuracy(ema, world, cfg.eval, progress=progress)
@@ -471,6 +477,7 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
         wall_seconds=round(time.time() - t_start, 1),
         params=ema.num_parameters(),
         steps=cfg.steps,
+        total_steps=cfg.steps + sum(int(h.get("steps", 0)) for h in history),
         batch_size=cfg.batch_size,
         out=str(out),
     )
@@ -478,6 +485,19 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out / "eval.json")
     return result
+
+
+def _history(base_dir: str | Path) -> list[dict]:
+    """The pretrain configs that made the base in ``base_dir``, oldest first.
+
+    A base continued with ``init_from`` records the stages before its own in ``config.json``
+    (``history``), so a shipped base built in several runs says how to rebuild it.
+    """
+    meta = json.loads((Path(base_dir) / "config.json").read_text())
+    stages = list(meta.get("history", []))
+    if isinstance(meta.get("pretrain"), dict):
+        stages.append(meta["pretrain"])
+    return stages
 
 
 def _prompt(scene, seed: int, epoch: int, index: int, world, instruction_prob: float) -> str:

@@ -173,6 +173,11 @@ def test_init_from_continues_from_a_base_and_instruction_prompts_are_counted(tmp
     gap_b = max((a[k] - b[k]).abs().max().item() for k in a)
     gap_c = max((a[k] - c[k]).abs().max().item() for k in a)
     assert gap_b < 1e-3 < gap_c  # continued from a, not from a fresh init
+    # b records the stage it continued (a's pretrain config) and counts both stages' steps
+    meta_a, meta_b = (json.loads((tmp_path / n / "config.json").read_text()) for n in "ab")
+    assert meta_a["history"] == [] and meta_b["history"] == [meta_a["pretrain"]]
+    assert meta_b["pretrain"]["init_from"] == str(tmp_path / "a")
+    assert json.loads((tmp_path / "b" / "eval.json").read_text())["total_steps"] == 3
     bad = load_pretrain_config(overrides=more + ["model.dim=64"])
     with pytest.raises(ValueError, match="init_from.*dim: 32 vs 64"):
         pretrain_base(bad, tmp_path / "d", progress=False)
