@@ -66,12 +66,18 @@ def identity_only_config(cfg: RunConfig) -> RunConfig:
 
 
 def ensure_base(
-    out: Path, quick: bool, pretrain: bool, num_threads: int = 1
+    out: Path, quick: bool, pretrain: bool, num_threads: int = 1, base: Path | None = None
 ) -> tuple[Path | None, dict]:
-    """The shipped base unless asked to pretrain (or none is shipped)."""
+    """``base`` if given, else the shipped base unless asked to pretrain (or none is shipped)."""
     from byg.backbones.toy import SHIPPED_BASE
     from byg.pretrain import load_pretrain_config, pretrain_base
 
+    if base is not None:
+        for f in ("model.safetensors", "config.json"):
+            if not (base / f).exists():
+                raise FileNotFoundError(f"demo --base {base}: no {f} there (a saved toy base)")
+        ev = base / "eval.json"
+        return base, json.loads(ev.read_text()) if ev.exists() else {}
     if not pretrain and (SHIPPED_BASE / "model.safetensors").exists():
         ev = SHIPPED_BASE / "eval.json"
         return None, json.loads(ev.read_text()) if ev.exists() else {}
@@ -201,7 +207,11 @@ def sample_grid(fns: list, dataset, n: int = 8):
 
 
 def run_demo(
-    out: Path, quick: bool = False, pretrain: bool = False, steps: int | None = None
+    out: Path,
+    quick: bool = False,
+    pretrain: bool = False,
+    steps: int | None = None,
+    base: Path | None = None,
 ) -> dict:
     from byg.data.toy import ToyWorldConfig
     from byg.eval.toy_oracle import ToyOracle
@@ -210,7 +220,7 @@ def run_demo(
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     threads = demo_config(quick, steps, None).train.num_threads or 1
-    base_dir, base_eval = ensure_base(out, quick, pretrain, threads)
+    base_dir, base_eval = ensure_base(out, quick, pretrain, threads, base)
     cfg = demo_config(quick, steps, base_dir)
     torch.set_num_threads(max(1, cfg.train.num_threads or torch.get_num_threads()))
     world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)

@@ -542,8 +542,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train the toy backbone on rendered toy scenes with plain flow matching, save the "
             "EMA weights (model.safetensors + config.json) and write the oracle's per-attribute "
-            "caption-following accuracy to eval.json. The shipped base was made with "
-            "`byg pretrain-base --out byg/assets/toy_base`."
+            "caption-following accuracy to eval.json. The demo's base was made with `byg "
+            "pretrain-base --out byg/assets/toy_base`; byg/assets/toy_base_attn16 in two stages "
+            "(the commands are in configs/toy_base.yaml; its config.json lists both stages' "
+            "configs under pretrain and history)."
         ),
     )
     p.add_argument(

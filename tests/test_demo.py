@@ -56,3 +56,28 @@ def test_report_states_the_shared_warmup_and_every_method(tmp_path):
     assert "the ByG run up to step 460" in text and "to step 800" in text
     assert text.count("| 0.500 | 0.750 |") == 8  # 3 methods x 2 splits + 2 edit types
     assert "| 100 | 0.100 | 0.900 |" in text
+
+
+def test_demo_base_flag_uses_a_saved_base_and_refuses_a_folder_without_one(tmp_path):
+    """``byg demo --base DIR`` starts from that base (its eval.json read for the report); a
+    folder without a saved base is an error naming the missing file; ``--base`` with
+    ``--pretrain-base`` is refused before any work."""
+    import pytest
+    import torch
+
+    from byg.backbones.toy import SHIPPED_BASE, load_toy_backbone
+    from byg.cli import main
+    from byg.demo import ensure_base
+
+    attn16 = SHIPPED_BASE.parent / "toy_base_attn16"
+    base_dir, ev = ensure_base(tmp_path, quick=True, pretrain=False, base=attn16)
+    assert base_dir == attn16 and min(ev["accuracy"].values()) >= 0.9
+    assert demo_config(True, None, base_dir).model.options["checkpoint"] == str(attn16)
+    model = load_toy_backbone(attn16)  # loads with this code and has attention at 16x16
+    assert model.config.attn_from_level == 1
+    v = model(torch.zeros(1, 3, 32, 32), torch.tensor([0.5]), model.encode_text(["a red circle"]))
+    assert v.shape == (1, 3, 32, 32) and torch.isfinite(v).all()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        ensure_base(tmp_path, quick=True, pretrain=False, base=tmp_path / "nothing")
+    with pytest.raises(SystemExit, match="not both"):
+        main(["demo", "--base", str(attn16), "--pretrain-base", "--out", str(tmp_path / "d")])
