@@ -463,9 +463,7 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Tru
     train_seconds = time.time() - t_train
     resolved = to_dict(cfg)
     resolved["model"] = dataclasses.asdict(ema.config)  # vocabulary filled in
-    save_toy_backbone(
-        ema, out, extra={"pretrain": resolved, "seed": cfg.seed, "history": history}
-    )
+    save_toy_backbone(ema, out, extra={"pretrain": resolved, "seed": cfg.seed, "history": history})
     result: dict[str, Any] = {}
     if cfg.eval.num_samples > 0:
         result = caption_accuracy(ema, world, cfg.eval, progress=progress)
