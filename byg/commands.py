@@ -31,11 +31,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         hooks.append(oracle_hook(cfg))
     res = train(cfg, out, resume=args.resume, stop_after=args.max_steps, hooks=hooks)
+    _close_process_group()  # after success only: a failed rank must not wait in a barrier
     if os.environ.get("RANK", "0") == "0":  # once, not once per process
         print(
             f"trained to step {res['steps']} in {res['wall_seconds']:.0f}s; checkpoints in {out / 'checkpoints'}"
         )
     return 0
+
+
+def _close_process_group() -> None:
+    """Tear down torch.distributed before the interpreter exits (multi-process runs).
+
+    Left to interpreter shutdown, the communication threads of a DeepSpeed run were seen to
+    abort a worker after a successful run ("terminate called without an active exception").
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
