@@ -69,22 +69,21 @@ def ensure_base(
     out: Path, quick: bool, pretrain: bool, num_threads: int = 1, base: Path | None = None
 ) -> tuple[Path | None, dict]:
     """``base`` if given, else the shipped base unless asked to pretrain (or none is shipped)."""
-    from byg.backbones.toy import SHIPPED_BASE
+    from byg.backbones.toy import SHIPPED_BASE, toy_checkpoint_files
     from byg.pretrain import load_pretrain_config, pretrain_base
 
+    def measured(folder: Path) -> dict:  # the base's eval.json, if it has one
+        ev = folder / "eval.json"
+        return json.loads(ev.read_text()) if ev.exists() else {}
+
     if base is not None:
-        for f in ("model.safetensors", "config.json"):
-            if not (base / f).exists():
-                raise FileNotFoundError(f"demo --base {base}: no {f} there (a saved toy base)")
-        ev = base / "eval.json"
-        return base, json.loads(ev.read_text()) if ev.exists() else {}
+        toy_checkpoint_files(base)  # fail before any work if it is not a saved base
+        return base, measured(base)
     if not pretrain and (SHIPPED_BASE / "model.safetensors").exists():
-        ev = SHIPPED_BASE / "eval.json"
-        return None, json.loads(ev.read_text()) if ev.exists() else {}
+        return None, measured(SHIPPED_BASE)
     base_dir = out / "base"
     if (base_dir / "model.safetensors").exists():  # cached from an earlier demo run
-        ev = base_dir / "eval.json"
-        return base_dir, json.loads(ev.read_text()) if ev.exists() else {}
+        return base_dir, measured(base_dir)
     pcfg = load_pretrain_config(quick=quick, overrides=[f"num_threads={num_threads}"])
     res = pretrain_base(pcfg, base_dir)
     return base_dir, res

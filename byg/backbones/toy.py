@@ -913,6 +913,17 @@ def _editor_only(key: str) -> bool:
     return any(name in key for name in _EDITOR_MODULES)
 
 
+def toy_checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """``(model.safetensors, config.json)`` of the saved toy backbone in folder ``path``;
+    ``FileNotFoundError`` naming the first one missing."""
+    path = Path(path)
+    files = (path / "model.safetensors", path / "config.json")
+    for f in files:
+        if not f.exists():
+            raise FileNotFoundError(f"toy backbone checkpoint is missing {f}")
+    return files
+
+
 def load_toy_backbone(path: str | Path, **editor_options: Any) -> ToyBackbone:
     """Load a folder written by ``save_toy_backbone`` (strict: every tensor must match).
 
@@ -923,11 +934,7 @@ def load_toy_backbone(path: str | Path, **editor_options: Any) -> ToyBackbone:
     """
     from safetensors.torch import load_file
 
-    path = Path(path)
-    weights, meta_file = path / "model.safetensors", path / "config.json"
-    for f in (weights, meta_file):
-        if not f.exists():
-            raise FileNotFoundError(f"toy backbone checkpoint is missing {f}")
+    weights, meta_file = toy_checkpoint_files(path)
     meta = json.loads(meta_file.read_text())
     desc = meta.get("backbone", {})
     if desc.get("class") != "ToyBackbone" or "config" not in desc:
