@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from byg.backbones.toy import load_toy_base
 from byg.data.toy import ToyEditDataset, ToyWorldConfig
@@ -66,8 +66,8 @@ def why_not_preserved(per_example: list[dict]) -> dict[str, int]:
     return dict(why.most_common())
 
 
-def score(model, dataset, oracle) -> dict:
-    res = evaluate(editor_fn(model, steps=20), dataset, oracle)
+def score(model, dataset, oracle, steps: int = 20) -> dict:
+    res = evaluate(editor_fn(model, steps=steps), dataset, oracle)
     o = res["overall"]
     return {
         "edit_success": round(o["edit_success"], 3),
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         help="toy editor option (cond_add, cond_add_levels, cond_tokens, edit_gate, ...); "
         "default cond_add=true",
     )
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=3000, help="0: only score --init's weights")
+    p.add_argument("--init", type=Path, help="start from these weights (a .safetensors it wrote)")
+    p.add_argument("--sample-steps", type=int, default=20, help="Euler steps when scoring")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (no decay)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=500)
@@ -102,13 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per evaluation")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.eval_every < 1 or args.n < 1:
-        p.error("--steps, --eval-every and --n must be >= 1")
+    if args.steps < 0 or args.eval_every < 1 or args.n < 1 or args.sample_steps < 1:
+        p.error("--eval-every, --n and --sample-steps must be >= 1, --steps >= 0")
+    if args.steps == 0 and not args.init:
+        p.error("--steps 0 only scores, and needs --init")
     options = dict(args.option or [("cond_add", True)])
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = load_toy_base(args.base, **options)
+    if args.init:
+        model.load_state_dict(load_file(args.init))
     for q in model.parameters():
         q.requires_grad_(True)
     params = list(model.parameters())
@@ -121,15 +127,30 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     header = {
+        "init": str(args.init) if args.init else None,
         "base": args.base or "byg/assets/toy_base",
         "options": options,
-        **{k: getattr(args, k) for k in ("steps", "lr", "batch_size", "n", "seed")},
+        **{k: getattr(args, k) for k in ("steps", "lr", "batch_size", "n", "seed", "sample_steps")},
         "trained_parameters": sum(q.numel() for q in params),
     }
     print(json.dumps(header), flush=True)
     start = time.time()
+
+    def evaluation(step: int, loss: float | None) -> None:
+        model.eval()
+        with torch.no_grad():
+            row = {"step": step, "loss": loss, **score(model, held_out, oracle, args.sample_steps)}
+        model.train()
+        row["seconds"] = round(time.time() - start)
+        print(json.dumps(row), flush=True)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+
     with args.out.open("w") as log:
         log.write(json.dumps(header) + "\n")
+        if args.steps == 0:
+            evaluation(0, None)
+            return 0
         for step in range(1, args.steps + 1):
             items = [train[rng.randrange(len(train))] for _ in range(args.batch_size)]
             x_src = torch.stack([it["x_src"] for it in items])
@@ -145,18 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             if step % args.eval_every == 0 or step == args.steps:
-                model.eval()
-                with torch.no_grad():
-                    row = {
-                        "step": step,
-                        "loss": round(loss.item(), 4),
-                        **score(model, held_out, oracle),
-                    }
-                model.train()
-                row["seconds"] = round(time.time() - start)
-                print(json.dumps(row), flush=True)
-                log.write(json.dumps(row) + "\n")
-                log.flush()
+                evaluation(step, round(loss.item(), 4))
     weights = args.out.with_suffix(".safetensors")
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, weights)
     print(f"weights: {weights}")

@@ -40,8 +40,21 @@ def test_trains_every_weight_and_logs_scores(tmp_path):
     assert header["trained_parameters"] == sum(v.numel() for v in weights.values())
     assert any(k.startswith("cond_level_add.1") for k in weights)
 
+    # --steps 0 scores saved weights: the same numbers as the run's last evaluation
+    again = tmp_path / "again.jsonl"
+    opts = ["--option", "cond_add=true", "--option", "cond_add_levels=2"]
+    init = ["--init", str(out.with_suffix(".safetensors"))]
+    assert mod.main(["--steps", "0", "--n", "6", "--out", str(again), *opts, *init]) == 0
+    _, row = [json.loads(line) for line in again.read_text().splitlines()]
+    assert row["step"] == 0 and row["loss"] is None
+    for key in ("edit_success", "preservation", "psnr", "by_type", "why_not_preserved"):
+        assert row[key] == rows[-1][key]
 
-def test_option_needs_key_and_value():
+
+def test_bad_arguments_are_refused(tmp_path):
     mod = _load()
+    out = str(tmp_path / "x.jsonl")
     with pytest.raises(SystemExit):
-        mod.main(["--option", "cond_add", "--out", "x.jsonl"])
+        mod.main(["--option", "cond_add", "--out", out])  # no value
+    with pytest.raises(SystemExit):
+        mod.main(["--steps", "0", "--out", out])  # nothing to score
