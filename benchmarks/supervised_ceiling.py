@@ -2,7 +2,9 @@
 
     python benchmarks/supervised_ceiling.py --steps 3000 --out runs/x/ceiling.jsonl
     python benchmarks/supervised_ceiling.py --base byg/assets/toy_base_attn16 \\
-        --option cond_add_levels=4 --steps 10000 --out runs/x/ceiling_a16.jsonl
+        --option cond_add=true --option cond_add_levels=4 --steps 10000 --out runs/x/a16.jsonl
+    python benchmarks/supervised_ceiling.py --steps 0 --init runs/x/ceiling.safetensors \\
+        --sample-steps 50 --out runs/x/ceiling_50.jsonl     # score saved weights again
 
 An upper bound for ByG on the toy world (not part of CI): the supervised objective
 (METHOD.md §6, Eq. 1) on ground-truth pairs, with EVERY weight of the toy backbone trained
@@ -13,11 +15,13 @@ editors (``byg.toy_eval.evaluate``: 20 Euler steps, the oracle, ``--n`` held-out
 from the demo's evaluation stream): edit success, preservation, both, PSNR, per edit type,
 and what broke preservation (other attributes that read differently, the object moved, its
 silhouette changed). One JSON line per evaluation goes to ``--out`` and to stdout; the
-final weights go beside it (``--out`` with ``.safetensors``).
+final weights go beside it (``--out`` with ``.safetensors``). With ``--ema D`` an EMA of
+the weights (decay ``D``) is kept, scored beside them (``"ema"`` in each line) and saved
+(``.ema.safetensors``).
 
 ByG never sees a pair and trains LoRA weights only, so where this editor cannot reach the
-demo's targets (seen edit success >= 0.8 with preservation >= 0.9) within a budget, ByG on
-the same base and editor cannot be expected to within it either.
+demo's targets (seen edit success >= 0.8 with preservation >= 0.9) within a budget, there
+is no reason to expect ByG on the same base and editor to reach them within it.
 """
 
 from __future__ import annotations
@@ -101,9 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--n", type=int, default=96, help="held-out seen edits per evaluation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="also keep an EMA of the weights with this decay (e.g. 0.999) and score it too",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per evaluation")
     args = p.parse_args(argv)
+    if not 0.0 <= args.ema < 1.0:
+        p.error("--ema must be in [0, 1)")
     if args.steps < 0 or args.eval_every < 1 or args.n < 1 or args.sample_steps < 1:
         p.error("--eval-every, --n and --sample-steps must be >= 1, --steps >= 0")
     if args.steps == 0 and not args.init:
@@ -135,11 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(header), flush=True)
     start = time.time()
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.ema else {}
 
     def evaluation(step: int, loss: float | None) -> None:
         model.eval()
         with torch.no_grad():
             row = {"step": step, "loss": loss, **score(model, held_out, oracle, args.sample_steps)}
+            if ema:
+                trained = {k: v.clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(ema)
+                row["ema"] = score(model, held_out, oracle, args.sample_steps)
+                model.load_state_dict(trained)
         model.train()
         row["seconds"] = round(time.time() - start)
         print(json.dumps(row), flush=True)
@@ -165,10 +183,16 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if ema:
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        ema[k].lerp_(v, 1.0 - args.ema)
             if step % args.eval_every == 0 or step == args.steps:
                 evaluation(step, round(loss.item(), 4))
     weights = args.out.with_suffix(".safetensors")
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, weights)
+    if ema:
+        save_file(ema, args.out.with_suffix(".ema.safetensors"))
     print(f"weights: {weights}")
     return 0
 

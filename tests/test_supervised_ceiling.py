@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "supervised_ceiling.py"
@@ -22,7 +23,7 @@ def _load():
 def test_trains_every_weight_and_logs_scores(tmp_path):
     mod = _load()
     out = tmp_path / "ceiling.jsonl"
-    argv = ["--steps", "2", "--eval-every", "1", "--n", "6", "--out", str(out)]
+    argv = ["--steps", "2", "--eval-every", "1", "--n", "6", "--ema", "0.5", "--out", str(out)]
     assert mod.main([*argv, "--option", "cond_add=true", "--option", "cond_add_levels=2"]) == 0
     header, *rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert header["options"] == {"cond_add": True, "cond_add_levels": 2}
@@ -35,7 +36,12 @@ def test_trains_every_weight_and_logs_scores(tmp_path):
         reasons = r["why_not_preserved"]
         assert (failed == 0) == (not reasons)
         assert all(0 < n <= failed for n in reasons.values())
+        assert set(r["ema"]) >= {"edit_success", "preservation", "psnr"}
     weights = load_file(out.with_suffix(".safetensors"))
+    ema = load_file(out.with_suffix(".ema.safetensors"))
+    assert ema.keys() == weights.keys()
+    # decay 0.5 over two steps: the EMA lags the trained weights
+    assert any(not torch.equal(ema[k], weights[k]) for k in weights)
     # every weight was trained: the base's own tensors are saved beside the condition's
     assert header["trained_parameters"] == sum(v.numel() for v in weights.values())
     assert any(k.startswith("cond_level_add.1") for k in weights)
