@@ -126,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = load_toy_base(args.base, **options)
     if args.init:
-        model.load_state_dict(load_file(args.init))
+        try:
+            model.load_state_dict(load_file(args.init))
+        except (RuntimeError, OSError) as err:  # wrong file, or another base / --option set
+            p.error(f"--init {args.init} does not fit --base and --option: {err}")
     for q in model.parameters():
         q.requires_grad_(True)
     params = list(model.parameters())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,17 @@ from torch import nn
 from byg.backbones.base import Backbone, TextEmbeds
 
 #: ``--set`` overrides of configs/toy_image.yaml for a tiny fresh toy editor trained two steps
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"byg_benchmark_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 TINY_TRAIN = {
     "model.options.dim": 32,
     "model.options.depth": 1,

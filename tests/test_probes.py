@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAIN, TINY_UNET_TRAIN
-
-PROBES = Path(__file__).resolve().parents[1] / "benchmarks" / "probes.py"
+from conftest import TINY_TRAIN, TINY_UNET_TRAIN, load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("byg_probes", PROBES)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("probes")
 
 
 def test_prior_probe_writes_a_table_per_edit_type(tmp_path, capsys):

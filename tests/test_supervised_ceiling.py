@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 from safetensors.torch import load_file
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "supervised_ceiling.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("byg_supervised_ceiling", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("supervised_ceiling")
 
 
 def test_trains_every_weight_and_logs_scores(tmp_path):
@@ -55,6 +49,10 @@ def test_trains_every_weight_and_logs_scores(tmp_path):
     assert row["step"] == 0 and row["loss"] is None
     for key in ("edit_success", "preservation", "psnr", "by_type", "why_not_preserved"):
         assert row[key] == rows[-1][key]
+
+    # weights saved with other editor options are refused before anything runs
+    with pytest.raises(SystemExit):
+        mod.main(["--steps", "0", "--out", str(again), *init])  # no cond_add_levels
 
 
 def test_bad_arguments_are_refused(tmp_path):
