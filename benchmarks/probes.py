@@ -650,7 +650,7 @@ def probe_handoff(args) -> list[str]:
 
 @torch.no_grad()
 def probe_score(args) -> list[str]:
-    from byg.eval.toy_metrics import CENTROID_TOL_PX, IOU_THRESHOLD, POSITION_ONLY_EDITS
+    from byg.eval.toy_metrics import CENTROID_TOL_PX, IOU_THRESHOLD, preservation_breaks
     from byg.eval.toy_oracle import ToyOracle
     from byg.toy_eval import editor_fn, evaluate
 
@@ -672,13 +672,8 @@ def probe_score(args) -> list[str]:
     def row(name: str, m: dict, records: list[dict] | None = None) -> str:
         cell = ""
         if records is not None:
-            broke = collections.Counter(a for r in records for a in r["changed"])
-            broke["moved"] = sum(r["centroid_err_px"] > CENTROID_TOL_PX for r in records)
-            broke["silhouette"] = sum(
-                r["edit_type"] not in POSITION_ONLY_EDITS and r["iou"] < IOU_THRESHOLD
-                for r in records
-            )
-            cell = ", ".join(f"{k} {v}" for k, v in broke.most_common() if v) or "none"
+            broke = preservation_breaks(records)
+            cell = ", ".join(f"{k} {v}" for k, v in broke.most_common()) or "none"
             cell += f" (of {len(records)})"
         return (
             f"| {name} | {m['edit_success']:.3f} / {m['preservation']:.3f} "

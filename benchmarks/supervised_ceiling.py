@@ -27,7 +27,6 @@ is no reason to expect ByG on the same base and editor to reach them within it.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import random
 import sys
@@ -39,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from byg.backbones.toy import load_toy_base
 from byg.data.toy import ToyEditDataset, ToyWorldConfig
-from byg.eval.toy_metrics import CENTROID_TOL_PX, IOU_THRESHOLD, POSITION_ONLY_EDITS
+from byg.eval.toy_metrics import preservation_breaks
 from byg.eval.toy_oracle import ToyOracle
 from byg.flow import sample_path
 from byg.objectives import losses
@@ -58,16 +57,9 @@ def _option(text: str) -> tuple[str, object]:
 
 def why_not_preserved(per_example: list[dict]) -> dict[str, int]:
     """Counts, over the outputs that failed preservation, of each reason it failed."""
-    why: collections.Counter[str] = collections.Counter()
-    for r in per_example:
-        if r["preservation"]:
-            continue
-        why.update(r["changed"])
-        if not r["centroid_err_px"] <= CENTROID_TOL_PX:
-            why["moved"] += 1
-        if r["edit_type"] not in POSITION_ONLY_EDITS and r["iou"] < IOU_THRESHOLD:
-            why["silhouette"] += 1
-    return dict(why.most_common())
+    return dict(
+        preservation_breaks([r for r in per_example if not r["preservation"]]).most_common()
+    )
 
 
 def score(model, dataset, oracle, steps: int = 20) -> dict:

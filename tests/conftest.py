@@ -12,8 +12,6 @@ from torch import nn
 
 from byg.backbones.base import Backbone, TextEmbeds
 
-#: ``--set`` overrides of configs/toy_image.yaml for a tiny fresh toy editor trained two steps
-
 
 def load_benchmark(name: str):
     """Import ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
@@ -24,6 +22,7 @@ def load_benchmark(name: str):
     return mod
 
 
+#: ``--set`` overrides of configs/toy_image.yaml for a tiny fresh toy editor trained two steps
 TINY_TRAIN = {
     "model.options.dim": 32,
     "model.options.depth": 1,

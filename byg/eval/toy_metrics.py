@@ -21,7 +21,7 @@ by the size readout, not by the IoU.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import torch
@@ -115,6 +115,22 @@ def evaluate_edits(
             }
         )
     return {**summarize(records), "per_example": records}
+
+
+def preservation_breaks(records: list[dict]) -> Counter[str]:
+    """Why the outputs in ``records`` (``evaluate_edits(...)["per_example"]``) failed
+    preservation: for each other attribute, how many read differently from the source; how
+    many moved the object more than ``CENTROID_TOL_PX`` (``"moved"``); how many kept under
+    ``IOU_THRESHOLD`` of the source's silhouette where the edit keeps it (``"silhouette"``).
+    Outputs that preserve add nothing; an output that fails for several reasons counts once
+    under each."""
+    breaks = Counter(a for r in records for a in r["changed"])
+    for r in records:
+        if not r["centroid_err_px"] <= CENTROID_TOL_PX:  # a NaN centroid fails as well
+            breaks["moved"] += 1
+        if r["edit_type"] not in POSITION_ONLY_EDITS and r["iou"] < IOU_THRESHOLD:
+            breaks["silhouette"] += 1
+    return breaks
 
 
 def _centroid(mask: Tensor) -> tuple[float, float]:

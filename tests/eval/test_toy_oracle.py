@@ -14,6 +14,7 @@ from byg.eval.toy_metrics import (
     calibrate_iou,
     evaluate_edits,
     iou,
+    preservation_breaks,
     psnr,
     summarize,
 )
@@ -116,6 +117,7 @@ def test_wrong_object_fails_preservation(oracle, examples):
     ]
     m = evaluate_edits(_render(moved), colour_edits, oracle)
     assert m["overall"]["edit_success"] == 1.0 and m["overall"]["preservation"] == 0.0
+    assert preservation_breaks(m["per_example"])["moved"] == len(colour_edits)
     textured = [
         dataclasses.replace(e.tgt, texture="striped" if e.tgt.texture != "striped" else "solid")
         for e in colour_edits
@@ -123,6 +125,12 @@ def test_wrong_object_fails_preservation(oracle, examples):
     m = evaluate_edits(_render(textured), colour_edits, oracle)
     assert m["overall"]["preservation"] == 0.0
     assert all("texture" in r["changed"] for r in m["per_example"])
+    breaks = preservation_breaks(m["per_example"])
+    assert breaks["texture"] == len(colour_edits) and breaks["moved"] == 0
+    # outputs that preserve give no reasons
+    assert not preservation_breaks(
+        evaluate_edits(_render([e.src for e in colour_edits]), colour_edits, oracle)["per_example"]
+    )
 
 
 def test_summarize_combines_batches(oracle, examples):
