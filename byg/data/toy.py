@@ -138,6 +138,10 @@ class ToyWorldConfig:
             object centre, so the pattern moves with the object) or ``"image"`` (the image's
             top-left corner: one fixed grid for every scene). For measuring what the base
             finds hard about texture (README, the toy base); the shipped world is ``object``.
+        instructions: what an edit's text is: ``"edit"`` (instructions, "make the circle
+            red"; the shipped world) or ``"caption"`` (the forward text is the target's
+            caption and the reverse text the source's: editing toward a description, which
+            the base already reads; for measuring what learning the instruction costs).
     """
 
     resolution: int = 32
@@ -147,11 +151,16 @@ class ToyWorldConfig:
     unseen_edit_types: tuple[str, ...] = ("style",)
     edit_types: tuple[str, ...] = EDIT_TYPES
     texture_anchor: str = "object"
+    instructions: str = "edit"
 
     def __post_init__(self) -> None:
         if self.texture_anchor not in ("object", "image"):
             raise ValueError(
                 f"ToyWorldConfig.texture_anchor must be 'object' or 'image', got {self.texture_anchor!r}"
+            )
+        if self.instructions not in ("edit", "caption"):
+            raise ValueError(
+                f"ToyWorldConfig.instructions must be 'edit' or 'caption', got {self.instructions!r}"
             )
         for name in ("unseen_colours", "unseen_textures", "unseen_edit_types", "edit_types"):
             value = getattr(self, name)
@@ -729,16 +738,23 @@ def sample_edit(
                 attr = EDIT_ATTRIBUTE[edit_type]
                 tgt = dataclasses.replace(src, **{attr: value})
         cap_seed = int(rng.integers(2**32))
+        c_src = caption(src, np.random.default_rng(cap_seed))
+        c_tgt = caption(tgt, np.random.default_rng(cap_seed))
+        # drawn in both worlds, so that "caption" changes the text and nothing else
+        c_fwd = instruction(src, tgt, edit_type, rng)
+        c_rev = instruction(tgt, src, _reverse_type(edit_type), rng)
+        if cfg.instructions == "caption":
+            c_fwd, c_rev = c_tgt, c_src
         return EditExample(
             src=src,
             tgt=tgt,
             edit_type=edit_type,
             attribute=EDIT_ATTRIBUTE[edit_type],
             target_value=value,
-            c_src=caption(src, np.random.default_rng(cap_seed)),
-            c_tgt=caption(tgt, np.random.default_rng(cap_seed)),
-            c_fwd=instruction(src, tgt, edit_type, rng),
-            c_rev=instruction(tgt, src, _reverse_type(edit_type), rng),
+            c_src=c_src,
+            c_tgt=c_tgt,
+            c_fwd=c_fwd,
+            c_rev=c_rev,
             seen=not unseen,
         )
     raise RuntimeError(f"could not draw an edit for split {split!r} in 1000 tries under {cfg}")

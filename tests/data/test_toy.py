@@ -356,3 +356,18 @@ def test_texture_anchor_moves_the_pattern_with_the_object_or_keeps_it_on_the_ima
         assert len(rows) >= 6 and {r % 4 for r in rows} == {3, 0}
     with pytest.raises(ValueError, match="texture_anchor"):
         ToyWorldConfig(texture_anchor="centre")
+
+
+def test_caption_instructions_change_the_edit_text_and_nothing_else():
+    """``instructions: caption``: the forward text is the target's caption, the reverse the
+    source's; the same seed draws the same scenes, edits and captions as the shipped world."""
+    capt = dataclasses.replace(CFG, instructions="caption")
+    for seed in range(20):
+        a = sample_edit(np.random.default_rng(seed), CFG, "train")
+        b = sample_edit(np.random.default_rng(seed), capt, "train")
+        assert (a.src, a.tgt, a.edit_type, a.c_src, a.c_tgt) == (
+            b.src, b.tgt, b.edit_type, b.c_src, b.c_tgt
+        )
+        assert (b.c_fwd, b.c_rev) == (a.c_tgt, a.c_src) and a.c_fwd != a.c_tgt
+    with pytest.raises(ValueError, match="instructions"):
+        ToyWorldConfig(instructions="captions")
