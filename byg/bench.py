@@ -83,7 +83,7 @@ R_SWEEP = (1, 2, 4)
 
 def _n_reference(cfg: ByGConfig) -> int:
     """No-grad editor calls for the directional reference (option C): forward, and reverse."""
-    if cfg.direction_reference != "editor":
+    if not cfg.editor_reference:
         return 0
     return 2 if cfg.prior_reverse else 1
 

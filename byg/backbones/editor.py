@@ -105,6 +105,19 @@ class Editor(nn.Module):
     ) -> Tensor:
         return self.backbone(x_t, t, text, cond)
 
+    @torch.no_grad()
+    def ema_forward(
+        self, x_t: Tensor, t: Tensor, text: TextEmbeds, cond: Tensor | None = None
+    ) -> Tensor:
+        """``G_ema``'s velocity without touching the trained tensors: the EMA weights enter
+        through ``torch.func.functional_call``, so this is safe between a trainable forward
+        pass and its backward (``ema()`` copies in place and is not). The current weights
+        when the decay is 0."""
+        if not self._ema:
+            return self(x_t, t, text, cond)
+        params = {f"backbone.{n}": v for n, v in self._ema.items()}
+        return torch.func.functional_call(self, params, (x_t, t, text, cond))
+
     def encode_text(self, prompts: list[str]) -> TextEmbeds:
         return self.backbone.encode_text(prompts)
 

@@ -84,7 +84,10 @@ class ByGConfig:
     lambda_cyc: float = 1.0
     lambda_id: float = 0.2
     prior_reverse: bool = True
-    direction_reference: str = "base"  # "base" (u_src) or "editor" (option C)
+    # "base" (u_src), "editor" (option C: sg of the current editor under the other text) or
+    # "editor_ema" (option C from G_ema's weights: a reference that lags the weights being
+    # trained, as a target network does, instead of moving with every update)
+    direction_reference: str = "base"
     # "editor" only for samples with t (t') above this; at or below it the reference is the
     # base's u_src (with the delta form: the anchor to u_tgt, the base's own denoising of x_t,
     # which keeps an edit the rollout has made instead of pulling back to the source)
@@ -151,18 +154,19 @@ class ByGConfig:
                 f"(got direction_scale={self.direction_scale} with direction_form="
                 f"{self.direction_form!r})"
             )
-        if self.direction_reference not in ("base", "editor"):
+        if self.direction_reference not in ("base", "editor", "editor_ema"):
             raise ValueError(
-                f"direction_reference must be 'base' or 'editor', got {self.direction_reference!r}"
+                "direction_reference must be 'base', 'editor' or 'editor_ema', got "
+                f"{self.direction_reference!r}"
             )
         if not 0.0 <= self.editor_reference_t_min < 1.0:
             raise ValueError(
                 f"editor_reference_t_min must be in [0, 1), got {self.editor_reference_t_min}"
             )
-        if self.editor_reference_t_min > 0 and self.direction_reference != "editor":
+        if self.editor_reference_t_min > 0 and not self.editor_reference:
             raise ValueError(
                 "editor_reference_t_min chooses where the editor reference applies; it needs "
-                f"direction_reference: editor (got {self.direction_reference!r})"
+                f"direction_reference: editor or editor_ema (got {self.direction_reference!r})"
             )
         for name in ("alpha", "lambda_prior", "lambda_cyc", "lambda_id"):
             if getattr(self, name) < 0:
@@ -189,6 +193,11 @@ class ByGConfig:
     @property
     def eff_warmup_steps(self) -> int:
         return 0 if self.no_identity_steps else self.warmup_steps
+
+    @property
+    def editor_reference(self) -> bool:
+        """Option C of METHOD.md §4, from the current or the EMA weights."""
+        return self.direction_reference in ("editor", "editor_ema")
 
     @property
     def clean_steps(self) -> int:
@@ -415,9 +424,11 @@ class ByGObjective:
             v_f, v_id = v.chunk(2)
 
         ref_f = ref_r = None
-        if cfg.direction_reference == "editor":
+        reference_model = editor.ema_forward if cfg.direction_reference == "editor_ema" else editor
+        if cfg.editor_reference:
             with timer("reference"), torch.no_grad():
-                ref_f = self._reference(editor(x_t, t, text["rev"], x_src).float(), u_src, t)
+                ref_f = reference_model(x_t, t, text["rev"], x_src).float()
+                ref_f = self._reference(ref_f, u_src, t)
 
         # 4. prior, forward
         prior_f, dir_f, mse_f = self.prior_loss(v_f, u_src, u_tgt, ref_f, x_src, t)
@@ -429,9 +440,9 @@ class ByGObjective:
             v_r = model(s_tr, t_r, text["rev"], x_cond)
             l_cyc = losses.mse(v_r, velocity_target(x_src, eps_r))
             if cfg.prior_reverse:
-                if cfg.direction_reference == "editor":
+                if cfg.editor_reference:
                     with torch.no_grad():
-                        ref_r = editor(s_tr, t_r, text["fwd"], x_cond.detach()).float()
+                        ref_r = reference_model(s_tr, t_r, text["fwd"], x_cond.detach()).float()
                         ref_r = self._reference(ref_r, u_src_r, t_r)
                 prior_r, dir_r, mse_r = self.prior_loss(v_r, u_src_r, u_tgt_r, ref_r, x_src, t_r)
             else:

@@ -155,7 +155,7 @@ def test_editor_reference_t_min_falls_back_to_the_base_reference_below_it(tiny_b
     ref_ed, u_src = torch.ones(3, 2, 2), torch.zeros(3, 2, 2)
     mixed = obj._reference(ref_ed, u_src, torch.tensor([0.2, 0.5, 0.8]))
     assert mixed[:, 0, 0].tolist() == [0.0, 0.0, 1.0]
-    with pytest.raises(ValueError, match="needs direction_reference: editor"):
+    with pytest.raises(ValueError, match="needs direction_reference: editor or editor_ema"):
         ByGConfig(editor_reference_t_min=0.5)
     with pytest.raises(ValueError, match="editor_reference_t_min"):
         ByGConfig(direction_reference="editor", editor_reference_t_min=1.0)
@@ -418,6 +418,37 @@ def test_option_c_reference_uses_editor(tiny_backbone):
     assert opt_c["mse_fwd"] == pytest.approx(ref["mse_fwd"])
     with pytest.raises(ValueError, match="direction_reference"):
         ByGConfig(direction_reference="other")
+
+
+def test_option_c_reference_from_the_ema_weights(tiny_backbone):
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor)
+    kw = dict(direction_form="delta")
+    # a fresh editor's EMA is its weights: both references give the same terms
+    cur = _full_terms(editor, batch, direction_reference="editor", **kw)
+    ema = _full_terms(editor, batch, direction_reference="editor_ema", **kw)
+    for k in ("dir_fwd", "dir_rev", "loss_cyc", "loss_id"):
+        assert ema[k] == pytest.approx(cur[k], rel=1e-5)
+    with torch.no_grad():  # the trained weights move on; the EMA stays where it was
+        for p in editor.lora_parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x, t = batch.x_src, torch.full((batch.size,), 0.5)
+    with editor.ema():
+        expected = editor(x, t, batch.text["rev"], x)
+    torch.testing.assert_close(editor.ema_forward(x, t, batch.text["rev"], x), expected)
+    cur = _full_terms(editor, batch, direction_reference="editor", **kw)
+    ema = _full_terms(editor, batch, direction_reference="editor_ema", **kw)
+    assert ema["dir_fwd"] != pytest.approx(cur["dir_fwd"])
+    assert ema["dir_rev"] != pytest.approx(cur["dir_rev"])
+    for k in ("mse_fwd", "loss_cyc", "loss_id"):  # only the reference changed
+        assert ema[k] == pytest.approx(cur[k], rel=1e-5)
+    # the EMA weights never enter the graph: the step back-propagates into the LoRA weights
+    obj = ByGObjective(ByGConfig(rollout_steps=2, warmup_steps=0, direction_reference="editor_ema"))
+    out = obj.full_step(editor, batch, torch.Generator().manual_seed(3))
+    out.loss.backward()
+    assert all(p.grad is not None for p in editor.lora_parameters())
+    with pytest.raises(ValueError, match="editor or editor_ema"):
+        ByGConfig(direction_reference="base", editor_reference_t_min=0.5)
 
 
 def test_supervised_objective(tiny_backbone):
