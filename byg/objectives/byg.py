@@ -17,7 +17,15 @@ Choices METHOD.md leaves open, each a config field:
 
 * ``direction_reference``: ``"base"`` uses ``u_src`` (METHOD.md default B); ``"editor"``
   uses ``sg(G_θ(x_t, t, x_src, c_rev))`` (option C), one more no-grad editor call per
-  direction.
+  direction; ``"editor_ema"`` is option C from the EMA weights; ``"source_path"`` (not in
+  the paper) reads the base as FlowEdit does, ``Δ = B(x_t, t, c_tgt) − B(s_t, t, c_src)`` with
+  ``s_t`` the source noised by the rollout's own ``ε``, against the source path's exact
+  velocity ``ε − x_src`` (no editor call). Under the delta form its target is
+  ``x̂_0 = x_src + x̂_0^B(x_t, c_tgt) − x̂_0^B(s_t, c_src)``: what the base cannot see of the
+  source cancels between the two paths.
+* ``bootstrap_state``: the forward edit at the rollout's state (``"trajectory"``, as written)
+  or at ``(1 − t)·x_clean + t·ε`` (``"renoised"``, not in the paper: the straight path to the
+  rollout's clean edit on its own ``ε``, FlowEdit's coupling with ``s_t``).
 * ``editor_reference_t_min``: with option C, samples at or below this ``t`` use ``u_src``
   instead (option C's reference answers the source, and at small ``t`` the base's shift
   vanishes on any ``x_t``, so there the delta form asks for the source even where ``x_t``
@@ -66,6 +74,8 @@ from byg.objectives import losses
 from byg.objectives.common import EditBatch, LossOutput, Timer, TimeSampling, no_timer, randn_like
 from byg.sampling import euler_sample
 
+REFERENCES = ("base", "editor", "editor_ema", "source_path")
+
 
 @dataclass
 class ByGConfig:
@@ -84,10 +94,19 @@ class ByGConfig:
     lambda_cyc: float = 1.0
     lambda_id: float = 0.2
     prior_reverse: bool = True
-    # "base" (u_src), "editor" (option C: sg of the current editor under the other text) or
+    # "base" (u_src), "editor" (option C: sg of the current editor under the other text),
     # "editor_ema" (option C from G_ema's weights: a reference that lags the weights being
-    # trained, as a target network does, instead of moving with every update)
+    # trained, as a target network does, instead of moving with every update) or
+    # "source_path" (FlowEdit's coupling, not in the paper: u_src from the base at the noised
+    # source s_t = (1 − t)·x_src + t·ε on the rollout's own ε, the reference the source
+    # path's exact velocity ε − x_src; in reverse the same with the edit x_clean noised by ε')
     direction_reference: str = "base"
+    # where the forward edit is trained: "trajectory" (x_t is the rollout's state at t, METHOD.md)
+    # or "renoised" (x_t = (1 − t)·x_clean + t·ε: the rollout's clean edit noised again by the
+    # rollout's own ε, the straight path to x_clean; with source_path the base then reads the
+    # edit's and the source's paths at FlowEdit's coupling, x_t − s_t = (1 − t)(x_clean − x_src);
+    # not in the paper)
+    bootstrap_state: str = "trajectory"
     # "editor" only for samples with t (t') above this; at or below it the reference is the
     # base's u_src (with the delta form: the anchor to u_tgt, the base's own denoising of x_t,
     # which keeps an edit the rollout has made instead of pulling back to the source)
@@ -154,9 +173,13 @@ class ByGConfig:
                 f"(got direction_scale={self.direction_scale} with direction_form="
                 f"{self.direction_form!r})"
             )
-        if self.direction_reference not in ("base", "editor", "editor_ema"):
+        if self.bootstrap_state not in ("trajectory", "renoised"):
             raise ValueError(
-                "direction_reference must be 'base', 'editor' or 'editor_ema', got "
+                f"bootstrap_state must be 'trajectory' or 'renoised', got {self.bootstrap_state!r}"
+            )
+        if self.direction_reference not in REFERENCES:
+            raise ValueError(
+                f"direction_reference must be one of {', '.join(map(repr, REFERENCES))}, got "
                 f"{self.direction_reference!r}"
             )
         if not 0.0 <= self.editor_reference_t_min < 1.0:
@@ -389,15 +412,24 @@ class ByGObjective:
                     batch=batch, t=t, eps=eps, x_t=x_t, x_clean=x_clean, uses=1
                 )
         s_tr = interpolate(x_src, eps_r, t_r)  # noised source for the reverse pass
+        s_t = interpolate(x_src, eps, t)  # noised source on the rollout's ε (identity pass)
         if cfg.no_bootstrap:
-            x_t = interpolate(x_src, eps, t)
+            x_t = s_t
+        elif cfg.bootstrap_state == "renoised":
+            x_t = interpolate(x_clean, eps, t)
+
+        # where the base reads the "source" caption: at x_t (s_t') as METHOD.md writes it, or
+        # under source_path on the source's own path s_t (on the edit's path in reverse)
+        source_path = cfg.direction_reference == "source_path"
+        x_src_state = s_t if source_path else x_t
+        x_src_state_r = interpolate(x_clean, eps_r, t_r) if source_path else s_tr
 
         # 4 (inputs). frozen base, all four queries in one batched call:
         #   [x_t | c_tgt], [x_t | c_src], [s_t' | c_src], [s_t' | c_tgt]
         with timer("base_queries"), torch.no_grad(), editor.base():
             if cfg.prior_reverse:
                 u = editor(
-                    torch.cat([x_t, x_t, s_tr, s_tr]),
+                    torch.cat([x_t, x_src_state, s_tr, x_src_state_r]),
                     torch.cat([t, t, t_r, t_r]),
                     cat_text(text["tgt"], text["src"], text["src"], text["tgt"]),
                     None,
@@ -405,7 +437,7 @@ class ByGObjective:
                 u_tgt, u_src, u_tgt_r, u_src_r = u.chunk(4)
             else:
                 u = editor(
-                    torch.cat([x_t, x_t]),
+                    torch.cat([x_t, x_src_state]),
                     torch.cat([t, t]),
                     cat_text(text["tgt"], text["src"]),
                     None,
@@ -413,7 +445,6 @@ class ByGObjective:
                 u_tgt, u_src = u.float().chunk(2)
 
         # 3 + 6. forward edit and identity pass share one trainable call
-        s_t = interpolate(x_src, eps, t)
         with timer("forward_edit"):
             v = model(
                 torch.cat([x_t, s_t]),
@@ -424,6 +455,9 @@ class ByGObjective:
             v_f, v_id = v.chunk(2)
 
         ref_f = ref_r = None
+        if source_path:  # the exact velocities of the source's path and (reverse) the edit's
+            ref_f = velocity_target(x_src, eps).float()
+            ref_r = velocity_target(x_clean, eps_r).float()
         reference_model = editor.ema_forward if cfg.direction_reference == "editor_ema" else editor
         if cfg.editor_reference:
             with timer("reference"), torch.no_grad():

@@ -451,6 +451,100 @@ def test_option_c_reference_from_the_ema_weights(tiny_backbone):
         ByGConfig(direction_reference="base", editor_reference_t_min=0.5)
 
 
+def _step_draws(cfg, editor, batch, seed):
+    """``full_step``'s draws redone in its order: ``t, ε, t', ε'`` and the rollout."""
+    g, n, x_src = torch.Generator().manual_seed(seed), batch.size, batch.x_src
+    t = cfg.time.sample(n, g, x_src.device)
+    eps = torch.randn(x_src.shape, generator=g)
+    t_r = cfg.time.sample(n, g, x_src.device)
+    eps_r = torch.randn(x_src.shape, generator=g)
+    x_t, x_clean = ByGObjective(cfg).rollout(editor, batch, t, eps)
+    return t, eps, t_r, eps_r, x_t, x_clean
+
+
+def test_renoised_bootstrap_state_trains_the_edit_on_the_straight_path_to_x_clean(tiny_backbone):
+    """``bootstrap_state: renoised``: the forward edit (and the base's queries) at
+    ``(1 − t)·x_clean + t·ε`` instead of the rollout's state; the cycle's condition and the
+    identity pass are untouched."""
+    from byg.flow import interpolate
+
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor)
+    cfg = ByGConfig(rollout_steps=2, warmup_steps=0, bootstrap_state="renoised")
+    inputs = []
+    h = editor.backbone.register_forward_pre_hook(lambda mod, args: inputs.append(args[0]))
+    terms = ByGObjective(cfg).full_step(editor, batch, torch.Generator().manual_seed(3)).terms
+    h.remove()
+    t, eps, _, _, x_t, x_clean = _step_draws(cfg, editor, batch, seed=3)
+    n = batch.size
+    base_in = inputs[cfg.rollout_steps + cfg.clean_steps]  # the first call after the rollout
+    torch.testing.assert_close(base_in[:n], interpolate(x_clean, eps, t))  # [x_t | c_tgt]
+    assert not torch.allclose(base_in[:n], x_t)
+    plain = _full_terms(editor, batch)
+    for k in ("loss_cyc", "loss_id"):
+        assert terms[k] == pytest.approx(plain[k], rel=1e-6)
+    for k in ("mse_fwd", "dir_fwd"):
+        assert terms[k] != pytest.approx(plain[k])
+    with pytest.raises(ValueError, match="bootstrap_state"):
+        ByGConfig(bootstrap_state="rollout")
+
+
+def test_source_path_reference_reads_the_base_on_the_source_path(tiny_backbone):
+    """``direction_reference: source_path``: ``Δ = B(x_t, c_tgt) − B(s_t, c_src)`` with
+    ``s_t`` the source noised by the rollout's own ``ε``, against the reference ``ε − x_src``;
+    in reverse ``B(s_t', c_src) − B(x̃_t', c_tgt)`` on the edit's path, reference ``ε' − x̃``."""
+    from byg.flow import interpolate, velocity_target
+
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor)
+    cfg = ByGConfig(
+        rollout_steps=2, warmup_steps=0, direction_reference="source_path", direction_form="delta"
+    )
+    obj = ByGObjective(cfg)
+    terms = obj.full_step(editor, batch, torch.Generator().manual_seed(3)).terms
+    t, eps, t_r, eps_r, x_t, x_clean = _step_draws(cfg, editor, batch, seed=3)
+    x_src, text = batch.x_src, batch.text
+    s_t, s_tr = interpolate(x_src, eps, t), interpolate(x_src, eps_r, t_r)
+    with torch.no_grad():
+        with editor.base():
+            u_tgt = editor(x_t, t, text["tgt"], None)
+            u_src = editor(s_t, t, text["src"], None)  # on the source's path, not at x_t
+            u_tgt_r = editor(s_tr, t_r, text["src"], None)
+            u_src_r = editor(interpolate(x_clean, eps_r, t_r), t_r, text["tgt"], None)
+        v_f = editor(x_t, t, text["fwd"], x_src)
+        v_r = editor(s_tr, t_r, text["rev"], x_clean)
+    dir_f = losses.delta_match(v_f, velocity_target(x_src, eps), u_tgt - u_src)
+    dir_r = losses.delta_match(v_r, velocity_target(x_clean, eps_r), u_tgt_r - u_src_r)
+    assert terms["dir_fwd"] == pytest.approx(dir_f.mean().item(), rel=1e-4)
+    assert terms["dir_rev"] == pytest.approx(dir_r.mean().item(), rel=1e-4)
+    assert terms["mse_fwd"] == pytest.approx(losses.mse(v_f, u_tgt).mean().item(), rel=1e-4)
+    # the anchor, cycle and identity are those of METHOD.md's reference
+    plain = _full_terms(editor, batch, direction_form="delta")
+    for k in ("mse_fwd", "loss_cyc", "loss_id"):
+        assert terms[k] == pytest.approx(plain[k], rel=1e-5)
+    assert terms["dir_fwd"] != pytest.approx(plain["dir_fwd"])
+    # no editor call for the reference: the base's four queries and the two trainable calls
+    log, h = count_calls(editor)
+    obj.full_step(editor, batch, torch.Generator().manual_seed(3))
+    h.remove()
+    assert len([c for c in log if c[0] != "ema"]) == 3  # base (4 queries), fwd + id, reverse
+
+
+def test_source_path_target_is_the_true_edit_where_the_base_is_exact():
+    """Where the base denoises both paths exactly (``ε − x_e`` on the edit's path under
+    ``c_tgt``, ``ε − x_src`` on the source's under ``c_src``), the delta form's optimum under
+    ``source_path`` is the true edit's velocity ``ε − x_e`` at every ``t``, and a copier
+    (``ε − x_src``) pays exactly ``‖x_e − x_src‖²``: the perfect editor is a fixed point."""
+    g = torch.Generator().manual_seed(0)
+    x_src, x_e, eps = torch.randn(3, 2, 8, generator=g, dtype=torch.float64)
+    v_true, u_src_path = eps - x_e, eps - x_src
+    kw = dict(alpha=0.0, form="delta", reference=u_src_path)
+    _, l_dir, _ = losses.prior(v_true, u_src_path, v_true, **kw)
+    assert l_dir.abs().max().item() < 1e-12
+    _, l_copy, _ = losses.prior(u_src_path, u_src_path, v_true, **kw)
+    torch.testing.assert_close(l_copy, losses.mse(x_e, x_src))
+
+
 def test_supervised_objective(tiny_backbone):
     editor = make_editor(tiny_backbone)
     batch = make_batch(editor)
