@@ -698,6 +698,13 @@ def probe_routing(args) -> list[str]:
     cfg, ed, ds = _editor_and_edits(args)
     b = collate_batch([ds[i] for i in range(len(ds))], ed, torch.device("cpu"))
     c = _byg_config(args, cfg)
+    if c.direction_reference not in ("base", "editor") or c.bootstrap_state != "trajectory":
+        # the probe rebuilds the prior's inputs at the rollout's state with METHOD.md's
+        # references; it would silently measure another loss than the run trained with
+        raise SystemExit(
+            "routing measures direction_reference base or editor at bootstrap_state "
+            f"trajectory; this run has {c.direction_reference!r} at {c.bootstrap_state!r}"
+        )
     obj, g = ByGObjective(c), torch.Generator().manual_seed(0)
     k = obj.sq_scale(b.x_src)
     edit = (b.x_tgt - b.x_src).flatten(1)
