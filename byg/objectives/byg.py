@@ -413,7 +413,7 @@ class ByGObjective:
                 )
         s_tr = interpolate(x_src, eps_r, t_r)  # noised source for the reverse pass
         s_t = interpolate(x_src, eps, t)  # noised source on the rollout's ε (identity pass)
-        if cfg.no_bootstrap:
+        if cfg.no_bootstrap:  # the ablation overrides bootstrap_state
             x_t = s_t
         elif cfg.bootstrap_state == "renoised":
             x_t = interpolate(x_clean, eps, t)
@@ -426,6 +426,7 @@ class ByGObjective:
 
         # 4 (inputs). frozen base, all four queries in one batched call:
         #   [x_t | c_tgt], [x_t | c_src], [s_t' | c_src], [s_t' | c_tgt]
+        #   (source_path: [x_t | c_tgt], [s_t | c_src], [s_t' | c_src], [x̃_t' | c_tgt])
         with timer("base_queries"), torch.no_grad(), editor.base():
             if cfg.prior_reverse:
                 u = editor(
