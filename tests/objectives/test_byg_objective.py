@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from byg.backbones.editor import Editor
+from byg.flow import interpolate, velocity_target
 from byg.objectives import losses
 from byg.objectives.byg import ByGConfig, ByGObjective
 from byg.objectives.common import EditBatch
@@ -466,8 +467,6 @@ def test_renoised_bootstrap_state_trains_the_edit_on_the_straight_path_to_x_clea
     """``bootstrap_state: renoised``: the forward edit (and the base's queries) at
     ``(1 − t)·x_clean + t·ε`` instead of the rollout's state; the cycle's condition and the
     identity pass are untouched."""
-    from byg.flow import interpolate
-
     editor = make_editor(tiny_backbone)
     batch = make_batch(editor)
     cfg = ByGConfig(rollout_steps=2, warmup_steps=0, bootstrap_state="renoised")
@@ -493,8 +492,6 @@ def test_source_path_reference_reads_the_base_on_the_source_path(tiny_backbone):
     """``direction_reference: source_path``: ``Δ = B(x_t, c_tgt) − B(s_t, c_src)`` with
     ``s_t`` the source noised by the rollout's own ``ε``, against the reference ``ε − x_src``;
     in reverse ``B(s_t', c_src) − B(x̃_t', c_tgt)`` on the edit's path, reference ``ε' − x̃``."""
-    from byg.flow import interpolate, velocity_target
-
     editor = make_editor(tiny_backbone)
     batch = make_batch(editor)
     cfg = ByGConfig(
