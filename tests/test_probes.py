@@ -200,7 +200,11 @@ def test_routing_probe_reports_both_terms_and_drops_the_cycle_with_no_cycle(tmp_
     assert "'no_cycle': True" in off.read_text()
     assert all(float(r[6]) == 0.0 for r in _rows(off))
     # references it does not rebuild are refused, not measured as something else
-    for change in ("direction_reference=source_path", "bootstrap_state=renoised"):
+    for change in (
+        "direction_reference=source_path",
+        "direction_reference=editor_ema",
+        "bootstrap_state=renoised",
+    ):
         with pytest.raises(SystemExit, match="routing measures"):
             probes.main([*args, "--byg", change])
 
