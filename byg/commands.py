@@ -84,6 +84,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.video:
         from byg.demo_video import run_video_demo
 
+        if args.config or args.set or args.base or args.steps is not None:
+            raise SystemExit(
+                "byg demo --video: --config, --set, --base and --steps are image-demo options"
+            )
+
         run_video_demo(out=Path(args.out or "runs/demo-video"), quick=args.quick)
         return 0
     if args.base and args.pretrain_base:
@@ -94,6 +99,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pretrain=args.pretrain_base,
         steps=args.steps,
         base=Path(args.base) if args.base else None,
+        config=Path(args.config) if args.config else None,
+        overrides=args.set,
     )
     return 0
 
@@ -164,5 +171,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo about 1.85x slower)",
     )
     p.add_argument("--steps", type=int, help="override the number of ByG training steps")
+    p.add_argument(
+        "--config",
+        metavar="YAML",
+        help="the ByG run's config (default configs/toy_image.yaml); a model.options.checkpoint "
+        "in it is the base, e.g. configs/toy_caption.yaml",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the ByG run's config, as in byg train",
+    )
     _add_debug(p)
     p.set_defaults(func=cmd_demo)

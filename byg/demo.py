@@ -16,6 +16,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,19 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "toy_image.yaml"
 
 
-def demo_config(quick: bool, steps: int | None, base_dir: Path | None) -> RunConfig:
-    data = load_yaml(CONFIG) if CONFIG.exists() else {}
+def demo_config(
+    quick: bool,
+    steps: int | None,
+    base_dir: Path | None,
+    config: Path | None = None,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """The demo's ByG run: ``config`` (default configs/toy_image.yaml), the demo's schedule
+    (``quick``: a smoke run), then ``overrides`` (``--set``), then ``steps`` and ``base_dir``."""
+    path = Path(config) if config is not None else CONFIG
+    if config is not None and not path.exists():
+        raise FileNotFoundError(f"byg demo: no config file {path}")
+    data = load_yaml(path) if path.exists() else {}
     over = []
     if quick:
         over += [
@@ -47,6 +59,7 @@ def demo_config(quick: bool, steps: int | None, base_dir: Path | None) -> RunCon
         ]
     else:  # held-out metrics every 200 steps, not the config's 100: each costs ~20 s here
         over.append("train.eval_every=200")
+    over += list(overrides)
     if steps is not None:
         over.append(f"train.steps={steps}")
     apply_overrides(data, over)
@@ -99,6 +112,8 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
         f"Wall time {results['wall_seconds']:.0f} s. Base caption accuracy (oracle, mean over "
         f"attributes; nan = not measured for this base): {results['base_oracle_accuracy']:.3f}. ByG steps: {results['steps']}.",
         "",
+        _setup_line(results),
+        "",
         _warmup_line(results),
         "",
         f"The identity-only editor is the ByG run up to step "
@@ -145,6 +160,21 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
         "Files: `results.json`, `samples.png` (rows: source | ByG | identity-only | ground truth), `curves.png`.",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _setup_line(results: dict[str, Any]) -> str:
+    """Which config, overrides, base and edit texts the run used (older results: none)."""
+    if "config" not in results:
+        return ""
+    over = " ".join(f"`--set {o}`" for o in results.get("overrides", [])) or "none"
+    text = {
+        "edit": 'instructions ("make the circle blue")',
+        "caption": "the target's caption (reverse: the source's), `data.toy.instructions: caption`",
+    }.get(results.get("edit_text", "edit"), str(results.get("edit_text")))
+    return (
+        f"Config `{results['config']}`, overrides {over}; base `{results.get('base')}`. "
+        f"The editor's text for an edit: {text}."
+    )
 
 
 def _warmup_line(results: dict[str, Any]) -> str:
@@ -211,6 +241,8 @@ def run_demo(
     pretrain: bool = False,
     steps: int | None = None,
     base: Path | None = None,
+    config: Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> dict:
     from byg.data.toy import ToyWorldConfig
     from byg.eval.toy_oracle import ToyOracle
@@ -218,9 +250,12 @@ def run_demo(
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    threads = demo_config(quick, steps, None).train.num_threads or 1
+    first = demo_config(quick, steps, None, config, overrides)
+    threads = first.train.num_threads or 1
+    if base is None and not pretrain and first.model.options.get("checkpoint"):
+        base = Path(first.model.options["checkpoint"])  # the config names its base
     base_dir, base_eval = ensure_base(out, quick, pretrain, threads, base)
-    cfg = demo_config(quick, steps, base_dir)
+    cfg = demo_config(quick, steps, base_dir, config, overrides)
     torch.set_num_threads(max(1, cfg.train.num_threads or torch.get_num_threads()))
     world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
     oracle = ToyOracle.load()
@@ -284,6 +319,10 @@ def run_demo(
         results["warmup_last_loss_id"] = last["loss_id"]
         results["warmup_last_loss_base"] = last["loss_base_uncond"]
     results["steps"] = cfg.train.steps
+    results["config"] = str(config) if config is not None else str(CONFIG.relative_to(REPO))
+    results["overrides"] = list(overrides)
+    results["base"] = str(base_dir) if base_dir is not None else "byg/assets/toy_base (shipped)"
+    results["edit_text"] = world.instructions
     results["identity_only_shared_steps"] = warm["steps"]
     results["quick"] = quick
     results["wall_seconds"] = time.time() - t0

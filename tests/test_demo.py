@@ -81,3 +81,41 @@ def test_demo_base_flag_uses_a_saved_base_and_refuses_a_folder_without_one(tmp_p
         ensure_base(tmp_path, quick=True, pretrain=False, base=tmp_path / "nothing")
     with pytest.raises(SystemExit, match="not both"):
         main(["demo", "--base", str(attn16), "--pretrain-base", "--out", str(tmp_path / "d")])
+
+
+def test_demo_config_file_and_overrides_reach_the_byg_run(tmp_path):
+    """``byg demo --config YAML --set k=v``: the file replaces configs/toy_image.yaml, the
+    overrides come after the demo's schedule, a mistyped field or a missing file is an error
+    naming it, and the report states the config, overrides and the editor's text."""
+    import pytest
+
+    from byg.cli import main
+    from byg.demo import _setup_line
+
+    cfg_file = tmp_path / "caption.yaml"
+    cfg_file.write_text(
+        "objective: byg\nmodel:\n  backbone: toy\n  options: {checkpoint: somewhere}\n"
+        "data:\n  source: toy\n  toy: {instructions: caption}\nbyg:\n  lambda_id: 0.7\n"
+    )
+    cfg = demo_config(False, None, None, config=cfg_file, overrides=["byg.lambda_cyc=2.5"])
+    assert cfg.data.toy["instructions"] == "caption" and cfg.byg.lambda_id == 0.7
+    assert cfg.byg.lambda_cyc == 2.5 and cfg.train.eval_every == 200  # the demo's schedule
+    assert cfg.model.options["checkpoint"] == "somewhere"
+    # the command line wins over the demo's schedule and the file
+    assert demo_config(False, None, None, overrides=["train.eval_every=50"]).train.eval_every == 50
+    with pytest.raises(ValueError, match="lambda_cyx"):
+        demo_config(False, None, None, overrides=["byg.lambda_cyx=1"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        demo_config(False, None, None, config=tmp_path / "nope.yaml")
+    line = _setup_line(
+        {
+            "config": str(cfg_file),
+            "overrides": ["byg.lambda_cyc=2.5"],
+            "base": "b",
+            "edit_text": "caption",
+        }
+    )
+    assert "`--set byg.lambda_cyc=2.5`" in line and "the target's caption" in line
+    assert _setup_line({}) == ""  # results of an older demo: no line
+    with pytest.raises(SystemExit, match="image-demo options"):
+        main(["demo", "--video", "--set", "byg.lambda_id=1", "--out", str(tmp_path / "v")])
