@@ -29,7 +29,9 @@ Choices METHOD.md leaves open, each a config field:
 * ``editor_reference_t_min``: with option C, samples at or below this ``t`` use ``u_src``
   instead (option C's reference answers the source, and at small ``t`` the base's shift
   vanishes on any ``x_t``, so there the delta form asks for the source even where ``x_t``
-  already shows the edit).
+  already shows the edit). With ``source_path`` the same: at small ``t`` its target
+  ``x_src + x̂_0^B(x_t) − x̂_0^B(s_t)`` is close to ``x_clean`` whatever the rollout drew (a
+  ghost of the old object included), and the base's own denoising there is not.
 * ``prior_weighting``: ``"velocity"`` (as written) or ``"x0"``, each sample's prior times
   ``t²``: the squared terms (anchor, delta form) become the same terms on ``x̂_0``, so the
   few smallest ``t``, where the base's ``x̂_0`` is least precise, no longer carry most of the
@@ -107,9 +109,11 @@ class ByGConfig:
     # edit's and the source's paths at FlowEdit's coupling, x_t − s_t = (1 − t)(x_clean − x_src);
     # not in the paper)
     bootstrap_state: str = "trajectory"
-    # "editor" only for samples with t (t') above this; at or below it the reference is the
-    # base's u_src (with the delta form: the anchor to u_tgt, the base's own denoising of x_t,
-    # which keeps an edit the rollout has made instead of pulling back to the source)
+    # "editor", "editor_ema" or "source_path" only for samples with t (t') above this; at or
+    # below it the reference is the base's u_src (with the delta form: the anchor to u_tgt, the
+    # base's own denoising of x_t, which keeps an edit the rollout has made instead of pulling
+    # back to the source, and, under source_path, cleans up what the rollout left half-drawn,
+    # where the source path's reference makes any x_clean its own small-t target)
     editor_reference_t_min: float = 0.0
     # the directional term: "cosine" (METHOD.md: 1 − cos(v − ref, Δ)) or "delta"
     # (‖(v − ref) − Δ‖², the shift with its size; with ref = u_src it equals the anchor)
@@ -186,10 +190,11 @@ class ByGConfig:
             raise ValueError(
                 f"editor_reference_t_min must be in [0, 1), got {self.editor_reference_t_min}"
             )
-        if self.editor_reference_t_min > 0 and not self.editor_reference:
+        if self.editor_reference_t_min > 0 and self.direction_reference == "base":
             raise ValueError(
-                "editor_reference_t_min chooses where the editor reference applies; it needs "
-                f"direction_reference: editor or editor_ema (got {self.direction_reference!r})"
+                "editor_reference_t_min chooses where the editor's or the source path's "
+                "reference applies; it needs direction_reference: editor, editor_ema or "
+                f"source_path (got {self.direction_reference!r})"
             )
         for name in ("alpha", "lambda_prior", "lambda_cyc", "lambda_id"):
             if getattr(self, name) < 0:
@@ -345,7 +350,8 @@ class ByGObjective:
         return x_t, x_clean
 
     def _reference(self, ref_editor: Tensor, u_src: Tensor, t: Tensor) -> Tensor:
-        """Option C's reference above ``editor_reference_t_min``, ``u_src`` at or below it."""
+        """Option C's (or source_path's) reference above ``editor_reference_t_min``, ``u_src``
+        at or below it."""
         t_min = self.cfg.editor_reference_t_min
         if t_min <= 0:
             return ref_editor
@@ -457,8 +463,8 @@ class ByGObjective:
 
         ref_f = ref_r = None
         if source_path:  # the exact velocities of the source's path and (reverse) the edit's
-            ref_f = velocity_target(x_src, eps).float()
-            ref_r = velocity_target(x_clean, eps_r).float()
+            ref_f = self._reference(velocity_target(x_src, eps).float(), u_src, t)
+            ref_r = self._reference(velocity_target(x_clean, eps_r).float(), u_src_r, t_r)
         reference_model = editor.ema_forward if cfg.direction_reference == "editor_ema" else editor
         if cfg.editor_reference:
             with timer("reference"), torch.no_grad():

@@ -156,7 +156,7 @@ def test_editor_reference_t_min_falls_back_to_the_base_reference_below_it(tiny_b
     ref_ed, u_src = torch.ones(3, 2, 2), torch.zeros(3, 2, 2)
     mixed = obj._reference(ref_ed, u_src, torch.tensor([0.2, 0.5, 0.8]))
     assert mixed[:, 0, 0].tolist() == [0.0, 0.0, 1.0]
-    with pytest.raises(ValueError, match="needs direction_reference: editor or editor_ema"):
+    with pytest.raises(ValueError, match="needs direction_reference: editor, editor_ema or"):
         ByGConfig(editor_reference_t_min=0.5)
     with pytest.raises(ValueError, match="editor_reference_t_min"):
         ByGConfig(direction_reference="editor", editor_reference_t_min=1.0)
@@ -448,7 +448,7 @@ def test_option_c_reference_from_the_ema_weights(tiny_backbone):
     out = obj.full_step(editor, batch, torch.Generator().manual_seed(3))
     out.loss.backward()
     assert all(p.grad is not None for p in editor.lora_parameters())
-    with pytest.raises(ValueError, match="editor or editor_ema"):
+    with pytest.raises(ValueError, match="editor, editor_ema or source_path"):
         ByGConfig(direction_reference="base", editor_reference_t_min=0.5)
 
 
@@ -525,6 +525,28 @@ def test_source_path_reference_reads_the_base_on_the_source_path(tiny_backbone):
     obj.full_step(editor, batch, torch.Generator().manual_seed(3))
     h.remove()
     assert len([c for c in log if c[0] != "ema"]) == 3  # base (4 queries), fwd + id, reverse
+
+
+def test_source_path_below_reference_t_min_is_the_anchor_to_the_bases_denoising(tiny_backbone):
+    """``editor_reference_t_min`` with ``source_path``: samples at or below it take ``u_src``
+    as the reference, so the delta form's target is ``u_tgt`` (the base's own denoising of
+    ``x_t`` under ``c_tgt``; in reverse of ``s_t'`` under ``c_src``), read where source_path
+    reads the base; above it the source path's exact velocities stay."""
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor)
+    kw = dict(direction_reference="source_path", direction_form="delta", bootstrap_state="renoised")
+    sp = _full_terms(editor, batch, **kw)
+    low = _full_terms(editor, batch, editor_reference_t_min=1 - 1e-6, **kw)
+    for k in ("dir_fwd", "dir_rev"):  # every t below t_min: the anchor, as logged in mse_*
+        assert low[k] == pytest.approx(low["mse_" + k[4:]], rel=1e-5)
+        assert low[k] != pytest.approx(sp[k])
+    for k in ("mse_fwd", "mse_rev", "loss_cyc", "loss_id"):  # nothing else changes
+        assert low[k] == pytest.approx(sp[k], rel=1e-5)
+    t, _, t_r, *_ = _step_draws(ByGConfig(rollout_steps=2, **kw), editor, batch, seed=3)
+    assert min(t.min(), t_r.min()) > 1e-3  # every sample above t_min: source_path unchanged
+    none = _full_terms(editor, batch, editor_reference_t_min=1e-3, **kw)
+    for k in ("dir_fwd", "dir_rev"):
+        assert none[k] == pytest.approx(sp[k], rel=1e-6)
 
 
 def test_source_path_target_is_the_true_edit_where_the_base_is_exact():
