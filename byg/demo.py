@@ -253,7 +253,9 @@ def run_demo(
     first = demo_config(quick, steps, None, config, overrides)
     threads = first.train.num_threads or 1
     if base is None and not pretrain and first.model.options.get("checkpoint"):
-        base = Path(first.model.options["checkpoint"])  # the config names its base
+        base = Path(first.model.options["checkpoint"])  # the config names its base ...
+        if not base.is_absolute() and not base.exists() and (REPO / base).exists():
+            base = REPO / base  # ... relative to the repository (a shipped base), run elsewhere
     base_dir, base_eval = ensure_base(out, quick, pretrain, threads, base)
     cfg = demo_config(quick, steps, base_dir, config, overrides)
     torch.set_num_threads(max(1, cfg.train.num_threads or torch.get_num_threads()))
