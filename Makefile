@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-quick test lint format clean-venv
+.PHONY: demo demo-quick demo-caption test lint format clean-venv
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,9 @@ demo: $(STAMP)
 
 demo-quick: $(STAMP)
 	$(BIN)/byg demo --quick --out runs/demo-quick
+
+demo-caption: $(STAMP)
+	$(BIN)/byg demo --config configs/toy_caption.yaml --out runs/demo-caption
 
 test: $(STAMP)
 	$(BIN)/ruff check byg tests benchmarks
