@@ -74,7 +74,8 @@
   raises edit success above the editor alone, the editor's last steps undo edits its first
   steps (or the base) would make.
 * ``score``: a checkpoint's editor (trained weights, ``--ema``: its EMA weights;
-  ``sample.steps`` Euler steps: the training evaluation and the demo's) on ``--n`` held-out
+  ``sample.steps`` Euler steps at ``sample.shift``, the training evaluation and the demo's,
+  or ``--sample-steps`` / ``--shift``) on ``--n`` held-out
   seen and ``--n`` unseen edits (the
   demo's evaluation set, ``byg.toy_eval.eval_dataset``): edit success, preservation, both,
   PSNR, and per edit type on the seen split with what broke preservation there (which
@@ -656,11 +657,14 @@ def probe_score(args) -> list[str]:
 
     cfg, ed = _editor(args.run)
     world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
-    oracle, fn = ToyOracle.load(), editor_fn(ed, steps=cfg.sample.steps, use_ema=args.ema)
+    steps = args.sample_steps or cfg.sample.steps
+    shift = cfg.sample.shift if args.shift is None else args.shift
+    oracle = ToyOracle.load()
+    fn = editor_fn(ed, steps=steps, shift=shift, use_ema=args.ema)
     out = [
         f"Editor `{args.run}`{' (EMA weights)' if args.ema else ''} ({args.n} held-out edits "
-        f"per split, {cfg.sample.steps} Euler "
-        "steps): edit success / preservation [success∧preservation], PSNR to the true target; "
+        f"per split, {steps} Euler steps, shift {shift:g}"
+        "): edit success / preservation [success∧preservation], PSNR to the true target; "
         "per seen type, what broke preservation: outputs reading another attribute "
         f"differently from the source, the object moved more than {CENTROID_TOL_PX} px, its "
         f"silhouette's IoU with the source's under {IOU_THRESHOLD}.",
@@ -865,6 +869,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--samples", type=int, default=256, help="instruction-prompt samples (prompts)")
     p.add_argument("--ema", action="store_true", help="sample with the EMA weights (score)")
+    p.add_argument(
+        "--sample-steps", type=int, help="Euler steps (score; default: the run's sample.steps)"
+    )
+    p.add_argument(
+        "--shift", type=float, help="schedule shift (score; default: the run's sample.shift)"
+    )
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
     p.add_argument(
         "--base",

@@ -141,6 +141,11 @@ class ByGConfig:
     time: TimeSampling = field(default_factory=TimeSampling)
     # ablations: each changes exactly one thing
     no_gradient_routing: bool = False
+    # the cycle's condition is x_clean with no gradient at all (not in the paper): the cycle
+    # then trains only the reverse edit, and the forward edit is shaped by the prior and the
+    # identity alone; it asks whether the routed gradient teaches the forward edit to leave
+    # traces of the source that make the way back easier (ghosts)
+    cycle_detach: bool = False
     no_cycle: bool = False
     no_directional: bool = False
     no_regularization: bool = False
@@ -151,6 +156,10 @@ class ByGConfig:
     def __post_init__(self) -> None:
         if self.rollout_steps < 1:
             raise ValueError(f"rollout_steps must be >= 1, got {self.rollout_steps}")
+        if self.cycle_detach and self.no_gradient_routing:
+            raise ValueError(
+                "cycle_detach and no_gradient_routing both set the cycle's condition; pick one"
+            )
         if self.rollout_reuse < 1:
             raise ValueError(f"rollout_reuse must be >= 1, got {self.rollout_reuse}")
         if self.rollout_clean_steps is not None and self.rollout_clean_steps < 1:
@@ -477,7 +486,10 @@ class ByGObjective:
         # 5. cycle with gradient routing
         with timer("reverse"):
             x_hat = predict_x0(x_t, t, v_f)
-            x_cond = losses.route_gradient(x_hat, x_clean, enabled=not cfg.no_gradient_routing)
+            if cfg.cycle_detach:
+                x_cond = x_clean.detach()
+            else:
+                x_cond = losses.route_gradient(x_hat, x_clean, enabled=not cfg.no_gradient_routing)
             v_r = model(s_tr, t_r, text["rev"], x_cond)
             l_cyc = losses.mse(v_r, velocity_target(x_src, eps_r))
             if cfg.prior_reverse:

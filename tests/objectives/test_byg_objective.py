@@ -311,6 +311,13 @@ def test_cycle_gradient_reaches_lora_through_the_one_step_edit(tiny_backbone):
     # no_gradient_routing conditions on x̂_edit itself: a different value
     plain = cyc_loss({"no_gradient_routing": True})
     assert plain.terms["loss_cyc"] != pytest.approx(routed.terms["loss_cyc"])
+    # cycle_detach: the same value as routed, and exactly the detached condition's gradient
+    cut = cyc_loss({"cycle_detach": True})
+    g_cut = _grads(editor, cut.loss)
+    assert cut.terms["loss_cyc"] == pytest.approx(routed.terms["loss_cyc"])
+    torch.testing.assert_close(g_cut, g_detached)
+    with pytest.raises(ValueError, match="cycle_detach"):
+        ByGConfig(cycle_detach=True, no_gradient_routing=True)
 
 
 def _full_terms(editor, batch, **kw):
