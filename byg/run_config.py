@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,43 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
     lr_warmup_steps: int = 0
+    # after the linear warm-up: "constant", or "cosine" / "linear" decay from lr to
+    # lr * lr_min_ratio at train.steps (as diffusers' get_scheduler names them)
+    lr_schedule: str = "constant"
+    lr_min_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise ValueError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
+        if self.lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """The factor on ``cfg.lr`` at optimizer step ``step`` (0-based).
+
+    Linear warm-up over ``lr_warmup_steps`` (step 0 gets ``1 / warm``), then constant or a
+    cosine / linear decay that reaches ``lr_min_ratio`` at ``total_steps`` and stays there.
+    """
+    warm = cfg.lr_warmup_steps
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = min((step - warm) / max(total_steps - warm, 1), 1.0)
+    shape = (
+        0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
+    )
+    return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * shape
 
 
 @dataclass

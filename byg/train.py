@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.scheduler import AcceleratedScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -78,7 +79,7 @@ from byg.infer import build_editor, edit
 from byg.objectives.byg import ByGObjective
 from byg.objectives.common import EditBatch
 from byg.objectives.supervised import SupervisedObjective
-from byg.run_config import RunConfig, run_config_dict
+from byg.run_config import RunConfig, lr_multiplier, run_config_dict
 
 StepHook = Callable[[int, Editor, dict[str, Any]], dict[str, float] | None]
 
@@ -406,11 +407,16 @@ def train(
     opt = torch.optim.AdamW(
         params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
     )
-    warm = max(cfg.optim.lr_warmup_steps, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+        opt, lambda s: lr_multiplier(s, cfg.optim, cfg.train.steps)
     )
     model, opt, sched = accelerator.prepare(editor, opt, sched)
+    if type(sched) is AcceleratedScheduler:
+        # accelerate's wrapper steps the schedule once per process on every call (it
+        # assumes a data loader it split); train.steps counts optimizer steps of the global
+        # batch, so the LambdaLR itself is stepped, once per applied step (DDP, FSDP, and
+        # ZeRO, which is handed a LambdaLR back in this wrapper)
+        sched = sched.scheduler
     if fsdp:
         _check_fsdp_lora(editor)
         editor._ema = {  # the EMA follows the LoRA tensors (device, and dtype after upcasts)

@@ -105,6 +105,9 @@ BASE_OVERRIDES = [
     "train.preview_every=0",
     "train.log_every=1",
     "lora.rank=2",
+    "optim.lr_warmup_steps=2",  # the schedule must advance once per global step on any
+    "optim.lr_schedule=cosine",  # number of processes: the weights' equality checks it
+    "optim.lr_min_ratio=0.1",
 ]
 
 

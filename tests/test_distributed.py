@@ -108,6 +108,8 @@ def test_two_processes_equal_one_with_grad_accum(ddp_run, tmp_path, monkeypatch)
     assert [r["kind"] for r in rows] == [h["kind"] for h in ref["history"]]
     for r, h in zip(rows, ref["history"]):
         assert r["loss_id"] == pytest.approx(h["loss_id"], rel=1e-6)
+        assert r["lr"] == h["lr"]  # one schedule step per global step, as on one process
+    assert len({r["lr"] for r in rows}) > 3  # warm-up and cosine decay: the lr does move
 
 
 def test_checkpoint_from_two_processes_resumes_on_one(ddp_run, tmp_path, monkeypatch):

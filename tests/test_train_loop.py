@@ -257,3 +257,38 @@ def test_init_from_may_add_an_edit_gate_to_a_trained_toy_editor(tmp_path):
         train_mod.train(
             load_run_config("configs/toy_image.yaml", bad), tmp_path / "c", progress=False
         )
+
+
+def test_lr_schedule_shapes_and_validation():
+    from byg.run_config import OptimConfig, lr_multiplier
+
+    const = OptimConfig(lr_warmup_steps=4)
+    assert [lr_multiplier(s, const, 100) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = OptimConfig(lr_warmup_steps=10, lr_schedule="cosine", lr_min_ratio=0.1)
+    assert lr_multiplier(9, cos, 110) == 1.0 and lr_multiplier(10, cos, 110) == 1.0
+    assert lr_multiplier(60, cos, 110) == pytest.approx(0.55)  # half-way: the mean of 1 and 0.1
+    assert lr_multiplier(110, cos, 110) == pytest.approx(0.1)
+    assert lr_multiplier(500, cos, 110) == pytest.approx(0.1)  # stays at the floor after
+    lin = OptimConfig(lr_schedule="linear")
+    assert lr_multiplier(25, lin, 100) == pytest.approx(0.75)
+    assert lr_multiplier(100, lin, 100) == 0.0
+    vals = [lr_multiplier(s, cos, 110) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))  # monotone decay
+    for bad, msg in (
+        ({"lr_schedule": "cosin"}, "lr_schedule"),
+        ({"lr_min_ratio": 1.5}, "lr_min_ratio"),
+        ({"lr_warmup_steps": -1}, "lr_warmup_steps"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            OptimConfig(**bad)
+
+
+def test_logged_lr_follows_the_schedule(tiny_run, tmp_path):
+    from byg.run_config import lr_multiplier
+
+    cfg = tiny_run("optim.lr=1e-3", "optim.lr_schedule=linear", "train.log_every=1")
+    res = train_mod.train(cfg, tmp_path / "run", progress=False)
+    lrs = [h["lr"] for h in res["history"]]
+    # the lr logged at step n is the one the next step will use (after sched.step())
+    want = [1e-3 * lr_multiplier(n, cfg.optim, cfg.train.steps) for n in range(1, len(lrs) + 1)]
+    assert len(lrs) == cfg.train.steps and lrs == pytest.approx(want) and lrs[-1] == 0.0
