@@ -13,6 +13,7 @@
     python benchmarks/probes.py follow --run RUN           # does the editor keep what x_t shows?
     python benchmarks/probes.py handoff --run RUN          # editor above t, base below: edits?
     python benchmarks/probes.py score --run RUN --n 200    # a checkpoint on held-out edits
+    python benchmarks/probes.py edits --run RUN --edit-type size --png size.png   # look at them
     python benchmarks/probes.py routing [--run RUN]        # which way do prior and cycle push?
     python benchmarks/probes.py gate --run RUN             # where is an edit_gate editor's gate open?
 
@@ -80,6 +81,10 @@
   demo's evaluation set, ``byg.toy_eval.eval_dataset``): edit success, preservation, both,
   PSNR, and per edit type on the seen split with what broke preservation there (which
   other attributes read differently, the object moved, its silhouette changed).
+* ``edits``: the first 16 held-out seen edits of ``--edit-type`` in ``score``'s set (of its
+  first ``--n``), as a PNG grid (``--png``): source | the checkpoint's edit | ground truth,
+  one row per edit, with each row's forward text and whether the oracle read success and
+  preservation.
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 * ``routing``: for ``--n`` held-out seen edits at the run's own bootstrap states (its EMA
@@ -660,10 +665,22 @@ def probe_score(args) -> list[str]:
     steps = args.sample_steps or cfg.sample.steps
     shift = cfg.sample.shift if args.shift is None else args.shift
     oracle = ToyOracle.load()
-    fn = editor_fn(ed, steps=steps, shift=shift, use_ema=args.ema)
+    fn = editor_fn(
+        ed,
+        steps=steps,
+        shift=shift,
+        use_ema=args.ema,
+        guidance_scale=args.guidance_scale,
+        negative=args.negative,
+    )
+    guided = (
+        f", text guidance {args.guidance_scale:g} from {args.negative or 'the empty text'}"
+        if args.guidance_scale != 1.0
+        else ""
+    )
     out = [
         f"Editor `{args.run}`{' (EMA weights)' if args.ema else ''} ({args.n} held-out edits "
-        f"per split, {steps} Euler steps, shift {shift:g}"
+        f"per split, {steps} Euler steps, shift {shift:g}{guided}"
         "): edit success / preservation [success∧preservation], PSNR to the true target; "
         "per seen type, what broke preservation: outputs reading another attribute "
         f"differently from the source, the object moved more than {CENTROID_TOL_PX} px, its "
@@ -692,6 +709,36 @@ def probe_score(args) -> list[str]:
                 records = [r for r in m["per_example"] if r["edit_type"] == k]
                 out.append(row(f"seen {k}", v, records))
     return out
+
+
+@torch.no_grad()
+def probe_edits(args) -> list[str]:
+    from byg.eval.toy_metrics import evaluate_edits
+    from byg.eval.toy_oracle import ToyOracle
+    from byg.toy_eval import editor_fn
+
+    cfg, ed = _editor(args.run)
+    world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
+    ds = eval_dataset(world, "seen", args.n)
+    idx = [i for i in range(len(ds)) if ds.example(i).edit_type == args.edit_type][:16]
+    if not idx:
+        raise SystemExit(f"no {args.edit_type!r} edits among the first {args.n} seen edits")
+    items = [ds[i] for i in idx]
+    x_src = torch.stack([it["x_src"] for it in items])
+    out = editor_fn(ed, steps=cfg.sample.steps, shift=cfg.sample.shift)(x_src, items).clamp(-1, 1)
+    x_tgt = torch.stack([it["x_tgt"] for it in items]).clamp(-1, 1)
+    _save_grid(torch.stack([x_src.clamp(-1, 1), out, x_tgt], 1), args.png)
+    recs = evaluate_edits(out, [ds.example(i) for i in idx], ToyOracle.load())["per_example"]
+    lines = [
+        f"Wrote `{args.png}`: {len(idx)} held-out seen {args.edit_type} edits of `{args.run}` "
+        "(columns: source | edit | ground truth).",
+        "",
+        "| row | forward text | success | preservation |",
+        "|---|---|---|---|",
+    ]
+    for k, (it, r) in enumerate(zip(items, recs)):
+        lines.append(f"| {k} | {it['c_fwd']} | {r['edit_success']:g} | {r['preservation']:g} |")
+    return lines
 
 
 def probe_routing(args) -> list[str]:
@@ -847,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
             "follow",
             "handoff",
             "score",
+            "edits",
             "routing",
             "gate",
         ],
@@ -867,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="change a ByG config field (grads, routing)",
     )
+    p.add_argument("--edit-type", default="size", help="which seen edits to show (edits)")
     p.add_argument("--samples", type=int, default=256, help="instruction-prompt samples (prompts)")
     p.add_argument("--ema", action="store_true", help="sample with the EMA weights (score)")
     p.add_argument(
@@ -874,6 +923,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--shift", type=float, help="schedule shift (score; default: the run's sample.shift)"
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="text guidance away from --negative (score; 1 = off, not in the paper)",
+    )
+    p.add_argument(
+        "--negative",
+        default="c_rev",
+        choices=["c_rev", "c_src", ""],
+        help="negative text for --guidance-scale: the reverse text, the source caption or empty",
     )
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
     p.add_argument(
@@ -885,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         "--png", type=Path, default=Path("base_samples.png"), help="PNG (samples, trajectory)"
     )
     args = p.parse_args(argv)
-    needs_run = ("grads", "rollout", "editor", "follow", "handoff", "score", "gate")
+    needs_run = ("grads", "rollout", "editor", "follow", "handoff", "score", "edits", "gate")
     if args.probe in needs_run and not args.run:
         p.error(f"{args.probe} needs --run")
     torch.set_num_threads(1)
@@ -904,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         "follow": probe_follow,
         "handoff": probe_handoff,
         "score": probe_score,
+        "edits": probe_edits,
         "routing": probe_routing,
         "gate": probe_gate,
     }

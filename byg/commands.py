@@ -58,6 +58,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if args.video:
         from byg.video_edit import edit_video_file
 
+        if args.guidance_scale not in (None, 1.0) or args.negative:
+            raise ValueError("--guidance-scale / --negative are for image edits (--image)")
+
         edit_video_file(
             args.checkpoint,
             args.video,
@@ -71,7 +74,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if not args.image:
         raise ValueError("give --image (or --video)")
     session = EditSession(args.checkpoint, device=args.device)
-    out = session(open_image(args.image), args.instruction, steps=args.steps, seed=args.seed)
+    out = session(
+        open_image(args.image),
+        args.instruction,
+        steps=args.steps,
+        seed=args.seed,
+        guidance_scale=args.guidance_scale,
+        negative=args.negative,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out.save(args.out)
     print(f"wrote {args.out}")
@@ -142,6 +152,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--steps", type=int, help="sampling steps (default: the checkpoint's sample.steps)"
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        help="text guidance away from --negative, same source (not in the paper; 1 = off; "
+        "default: the checkpoint's sample.guidance_scale); costs a second editor pass per step",
+    )
+    p.add_argument(
+        "--negative",
+        default="",
+        help='negative text for --guidance-scale, e.g. the source\'s caption (default: "")',
+    )
     p.add_argument("--device", default="cpu", help="torch device")
     _add_debug(p)
     p.set_defaults(func=cmd_edit)

@@ -294,8 +294,12 @@ def run_demo(
     print("[demo] evaluating on held-out edits")
     methods = {
         "identity": identity_fn,
-        "identity-only": editor_fn(res_id["editor"], steps=cfg.sample.steps),
-        "byg": editor_fn(byg_editor, steps=cfg.sample.steps),
+        "identity-only": editor_fn(
+            res_id["editor"], steps=cfg.sample.steps, guidance_scale=cfg.sample.guidance_scale
+        ),
+        "byg": editor_fn(
+            byg_editor, steps=cfg.sample.steps, guidance_scale=cfg.sample.guidance_scale
+        ),
     }
     results: dict[str, Any] = {}
     by_type: dict[str, Any] = {}

@@ -1,7 +1,9 @@
 """Inference: load an editor from a checkpoint and run edits (METHOD.md §5).
 
 ``edit`` is one plain sampler call: Euler (or UniPC for video) from ``ε`` at ``t = 1`` to 0
-with ``G_θ(·, ·, x_src, c_fwd)``: one editor call per step.
+with ``G_θ(·, ·, x_src, c_fwd)``: one editor call per step. Optional text guidance (not in
+METHOD.md; off by default) extrapolates from a negative text with the same source,
+``v = G(·, x_src, c_neg) + s·(G(·, x_src, c_fwd) − G(·, x_src, c_neg))``, in one batched call.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from byg.backbones.base import TextEmbeds
+from byg.backbones.base import TextEmbeds, cat_text, index_text
 from byg.backbones.editor import Editor
 from byg.backbones.registry import build_backbone, build_cache_encoder
 from byg.checkpoint import load_checkpoint, resolve_checkpoint
@@ -60,13 +62,30 @@ def edit(
     sampler: str = "euler",
     seed: int = 0,
     use_ema: bool = False,
+    guidance_scale: float = 1.0,
+    text_neg: TextEmbeds | None = None,
 ) -> Tensor:
-    """Edit latents/pixels ``x_src [B, ...]`` under instructions ``text_fwd``."""
+    """Edit latents/pixels ``x_src [B, ...]`` under instructions ``text_fwd``.
+
+    ``guidance_scale`` ≠ 1 needs ``text_neg`` (same batch and padding as ``text_fwd``):
+    scale 0 samples under ``text_neg`` alone, 1 is plain METHOD.md §5 sampling.
+    """
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x_src.shape, generator=g).to(x_src)
 
-    def velocity(x: Tensor, t: Tensor) -> Tensor:
-        return editor(x, t, text_fwd, x_src)
+    if guidance_scale == 1.0:
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            return editor(x, t, text_fwd, x_src)
+
+    else:
+        if text_neg is None:
+            raise ValueError(f"guidance_scale {guidance_scale:g} needs a negative text (text_neg)")
+        both, cond2 = cat_text(text_fwd, text_neg), torch.cat([x_src, x_src])
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            c, u = editor(torch.cat([x, x]), torch.cat([t, t]), both, cond2).chunk(2)
+            return u + guidance_scale * (c - u)
 
     with editor.ema() if use_ema else nullcontext():
         if sampler == "unipc":
@@ -123,13 +142,26 @@ class EditSession:
         return self.editor.encode_text(prompts)
 
     def __call__(
-        self, image: Image.Image, instruction: str, *, steps: int | None = None, seed: int = 0
+        self,
+        image: Image.Image,
+        instruction: str,
+        *,
+        steps: int | None = None,
+        seed: int = 0,
+        guidance_scale: float | None = None,
+        negative: str = "",
     ) -> Image.Image:
+        """Edit ``image``; ``guidance_scale`` (default: the checkpoint's ``sample.guidance_scale``)
+        extrapolates away from ``negative`` (default: the empty text)."""
         res = self.cfg.data.resolution
         x = image_to_tensor(image, res)[None].to(self.device)
         if self.encoder is not None:
             x = self.encoder.encode_media(x)
-        text = {k: v.to(self.device) for k, v in self.encode_text([instruction]).items()}
+        scale = self.cfg.sample.guidance_scale if guidance_scale is None else guidance_scale
+        prompts = [instruction] if scale == 1.0 else [instruction, negative]
+        both = {k: v.to(self.device) for k, v in self.encode_text(prompts).items()}
+        text = index_text(both, slice(0, 1))
+        text_neg = index_text(both, slice(1, 2)) if scale != 1.0 else None
         out = edit(
             self.editor,
             x,
@@ -139,6 +171,8 @@ class EditSession:
             sampler=self.cfg.sample.sampler,
             seed=seed,
             use_ema=self.cfg.sample.use_ema,
+            guidance_scale=scale,
+            text_neg=text_neg,
         )
         if self.encoder is not None:
             out = self.encoder.decode_media(out)

@@ -154,10 +154,15 @@ class SampleConfig:
     shift: float = 1.0
     sampler: str = "euler"  # "euler" (images) or "unipc" (video)
     use_ema: bool = False  # sample with the EMA LoRA instead of the trained one
+    # text guidance away from a negative text, same source (not in METHOD.md; 1 = off):
+    # byg edit --guidance-scale / --negative; toy evaluation uses the reverse text as negative
+    guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.sampler not in ("euler", "unipc"):
             raise ValueError(f"sampler must be 'euler' or 'unipc', got {self.sampler!r}")
+        if not self.guidance_scale >= 0:
+            raise ValueError(f"sample.guidance_scale must be >= 0, got {self.guidance_scale}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from byg.backbones.base import index_text
 from byg.backbones.editor import Editor
 from byg.infer import edit
 
@@ -25,16 +26,42 @@ def eval_dataset(world, split: str, n: int, seed: int = EVAL_SEED):
 
 
 def editor_fn(
-    editor: Editor, *, steps: int = 20, shift: float = 1.0, use_ema: bool = False, seed: int = 0
+    editor: Editor,
+    *,
+    steps: int = 20,
+    shift: float = 1.0,
+    use_ema: bool = False,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+    negative: str = "c_rev",
 ) -> BatchEditFn:
-    """ByG / supervised editors: Euler sampling with ``G_θ(·, ·, x_src, c_fwd)``."""
+    """ByG / supervised editors: Euler sampling with ``G_θ(·, ·, x_src, c_fwd)``.
+
+    ``guidance_scale`` ≠ 1 guides away from each item's ``negative`` text field (``c_rev``:
+    the reverse text, ``c_src``: the source's caption) or from the empty text (``""``).
+    """
 
     def fn(x_src: Tensor, items: list[dict]) -> Tensor:
-        text = editor.encode_text([it["c_fwd"] for it in items])
-        text = {k: v.to(x_src.device) for k, v in text.items()}
+        prompts = [it["c_fwd"] for it in items]
+        if guidance_scale != 1.0:
+            prompts += [it[negative] if negative else "" for it in items]
+        both = {k: v.to(x_src.device) for k, v in editor.encode_text(prompts).items()}
+        n = len(items)
+        text = index_text(both, slice(0, n))
+        neg = index_text(both, slice(n, 2 * n)) if guidance_scale != 1.0 else None
         was = editor.training
         editor.eval()
-        out = edit(editor, x_src, text, steps=steps, shift=shift, seed=seed, use_ema=use_ema)
+        out = edit(
+            editor,
+            x_src,
+            text,
+            steps=steps,
+            shift=shift,
+            seed=seed,
+            use_ema=use_ema,
+            guidance_scale=guidance_scale,
+            text_neg=neg,
+        )
         editor.train(was)
         return out
 

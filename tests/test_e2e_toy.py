@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import byg.infer
 from byg.cli import main
 from byg.data.toy import ToyWorldConfig, render, sample_edit
 
@@ -34,7 +35,7 @@ TINY = [
 ]
 
 
-def test_train_resume_edit_on_the_toy_world(tmp_path):
+def test_train_resume_edit_on_the_toy_world(tmp_path, monkeypatch):
     torch.manual_seed(0)
     out = tmp_path / "run"
     sets = [a for s in TINY for a in ("--set", s)]
@@ -100,6 +101,24 @@ def test_train_resume_edit_on_the_toy_world(tmp_path):
     assert rc == 0
     img = Image.open(dst)
     assert img.size == (32, 32) and img.mode == "RGB"
+    # --guidance-scale / --negative reach the sampler (this tiny random model ignores text,
+    # so the maths of guidance is checked in tests/test_infer.py)
+    seen = []
+    real_edit = byg.infer.edit
+
+    def spy(editor, x_src, text_fwd, **kw):
+        seen.append((kw["guidance_scale"], kw["text_neg"]))
+        return real_edit(editor, x_src, text_fwd, **kw)
+
+    monkeypatch.setattr(byg.infer, "edit", spy)
+    guided = tmp_path / "guided.png"
+    args = ["edit", "--checkpoint", str(out), "--image", str(src), "--instruction", ex.c_fwd]
+    rc = main([*args, "--out", str(guided), "--steps", "2", "--guidance-scale", "3",
+               "--negative", ex.c_src])  # fmt: skip
+    assert rc == 0 and Image.open(guided).size == (32, 32)
+    assert seen[0][0] == 3.0 and seen[0][1] is not None
+    assert main([*args, "--out", str(guided), "--steps", "2"]) == 0
+    assert seen[1] == (1.0, None)  # the checkpoint's default: no guidance
 
 
 def test_edit_reports_a_corrupt_image(tmp_path, capsys):

@@ -179,6 +179,10 @@ def test_score_probe_reports_both_splits_and_seen_types(tmp_path, tiny_run):
         success, rest = cell.split(" / ")
         pres, both = rest.split(" [")
         assert all(0.0 <= float(x) <= 1.0 for x in (success, pres, both.rstrip("]")))
+    guided = tmp_path / "guided.md"
+    args = ["score", "--run", str(tiny_run), "--n", "4", "--out", str(guided)]
+    assert probes.main([*args, "--guidance-scale", "2", "--negative", "c_src"]) == 0
+    assert "text guidance 2 from c_src" in guided.read_text()
 
 
 def test_routing_probe_reports_both_terms_and_drops_the_cycle_with_no_cycle(tmp_path):
@@ -232,3 +236,17 @@ def test_gate_probe_reports_the_gate_and_each_terms_push(tmp_path, tiny_run):
     assert terms[-4:] == ["directional", "anchor (α·MSE)", "cycle", "all"]
     with pytest.raises(SystemExit, match="no edit_gate"):
         probes.main(["gate", "--run", str(tiny_run), "--n", "4"])
+
+
+def test_edits_probe_draws_source_edit_and_truth_per_row(tmp_path, tiny_run):
+    from PIL import Image
+
+    probes = _load()
+    png, out = tmp_path / "size.png", tmp_path / "edits.md"
+    args = ["edits", "--run", str(tiny_run), "--n", "40", "--edit-type", "size"]
+    assert probes.main([*args, "--png", str(png), "--out", str(out)]) == 0
+    rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| ") and "row" not in ln]
+    assert 1 <= len(rows) <= 16
+    assert Image.open(png).size == (3 * 32 * 4, len(rows) * 32 * 4)  # 3 columns, 4x upscaled
+    with pytest.raises(SystemExit, match="no 'nope' edits"):
+        probes.main([*args[:-1], "nope", "--png", str(png)])
