@@ -85,6 +85,15 @@
   first ``--n``), as a PNG grid (``--png``): source | the checkpoint's edit | ground truth,
   one row per edit, with each row's forward text and whether the oracle read success and
   preservation.
+* ``editpath``: the same 16 edits sampled as ``score`` samples them, with the editor's
+  one-step prediction ``x̂_0 = x − t·v`` every 4th Euler step beside the source, the edit and
+  the ground truth (a PNG grid, ``--png``): at which ``t`` the edit's layout is decided.
+* ``target``: what the ``source_path`` prior asks for. For ``--n`` held-out seen edits, its
+  clean target ``x_src + x̂_0^B(x_t, c_tgt) − x̂_0^B(s_t, c_src)`` with ``x_t`` on the TRUE
+  edit's path and ``s_t`` on the source's (the same ``ε``), at ``t`` = 0.9 ... 0.1, read by
+  the oracle as if it were an edit (edit success / preservation, all edits and
+  ``--edit-type``), with the base's one-step ``x̂_0`` and with ``--base-steps`` Euler steps of
+  the base from ``t``; a PNG of six of them (``--png``).
 * ``rollout``: how far the bootstrap rollout's ``x_t`` sits from the source's noising path,
   relative to the true edit's path, and ``‖x_clean − x_src‖ / ‖x_tgt − x_src‖``.
 * ``routing``: for ``--n`` held-out seen edits at the run's own bootstrap states (its EMA
@@ -566,7 +575,8 @@ def _editor_and_edits(args):
     """``(cfg, editor in eval mode, --n held-out seen edits)`` for the editor probes."""
     cfg, ed = _editor(args.run)
     ed.eval()
-    return cfg, ed, eval_dataset(ToyWorldConfig(resolution=cfg.data.resolution), "seen", args.n)
+    world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
+    return cfg, ed, eval_dataset(world, "seen", args.n)
 
 
 @torch.no_grad()
@@ -720,9 +730,7 @@ def probe_edits(args) -> list[str]:
     cfg, ed = _editor(args.run)
     world = ToyWorldConfig(resolution=cfg.data.resolution, **cfg.data.toy)
     ds = eval_dataset(world, "seen", args.n)
-    idx = [i for i in range(len(ds)) if ds.example(i).edit_type == args.edit_type][:16]
-    if not idx:
-        raise SystemExit(f"no {args.edit_type!r} edits among the first {args.n} seen edits")
+    idx = _typed_edits(args, ds)
     items = [ds[i] for i in idx]
     x_src = torch.stack([it["x_src"] for it in items])
     out = editor_fn(ed, steps=cfg.sample.steps, shift=cfg.sample.shift)(x_src, items).clamp(-1, 1)
@@ -739,6 +747,112 @@ def probe_edits(args) -> list[str]:
     for k, (it, r) in enumerate(zip(items, recs)):
         lines.append(f"| {k} | {it['c_fwd']} | {r['edit_success']:g} | {r['preservation']:g} |")
     return lines
+
+
+def _typed_edits(args, ds, k: int = 16) -> list[int]:
+    """Indices of the first ``k`` edits of ``--edit-type`` in ``ds`` (an error if none)."""
+    idx = [i for i in range(len(ds)) if ds.example(i).edit_type == args.edit_type][:k]
+    if not idx:
+        raise SystemExit(f"no {args.edit_type!r} edits among the first {args.n} seen edits")
+    return idx
+
+
+@torch.no_grad()
+def probe_editpath(args) -> list[str]:
+    from byg.flow import schedule
+
+    cfg, ed, ds = _editor_and_edits(args)
+    items = [ds[i] for i in _typed_edits(args, ds)]
+    n = len(items)
+    x_src = torch.stack([it["x_src"] for it in items])
+    text = ed.encode_text([it["c_fwd"] for it in items])
+    grid = schedule(cfg.sample.steps, shift=cfg.sample.shift)
+    x = torch.randn(x_src.shape, generator=torch.Generator().manual_seed(0))
+    cols, shown = [x_src.clamp(-1, 1)], []
+    for i in range(len(grid) - 1):
+        t = float(grid[i])
+        v = ed(x, torch.full((n,), t), text, x_src)
+        if i % 4 == 0:
+            cols.append((x - t * v).clamp(-1, 1))
+            shown.append(f"{t:.2f}")
+        x = x + (float(grid[i + 1]) - t) * v
+    cols += [x.clamp(-1, 1), torch.stack([it["x_tgt"] for it in items]).clamp(-1, 1)]
+    _save_grid(torch.stack(cols, 1), args.png)
+    return [
+        f"Wrote `{args.png}`: {n} held-out seen {args.edit_type} edits of `{args.run}` "
+        f"({cfg.sample.steps} Euler steps, as `score`), columns: source | the editor's "
+        f"x̂_0 at t = {', '.join(shown)} | its edit | ground truth.",
+        "",
+        "| row | forward text |",
+        "|---|---|",
+        *(f"| {k} | {it['c_fwd']} |" for k, it in enumerate(items)),
+    ]
+
+
+@torch.no_grad()
+def probe_target(args) -> list[str]:
+    from byg.eval.toy_metrics import evaluate_edits
+    from byg.eval.toy_oracle import ToyOracle
+    from byg.flow import interpolate, schedule
+    from byg.sampling import euler_sample
+
+    cfg, ed, ds = _editor_and_edits(args)
+    items = [ds[i] for i in range(len(ds))]
+    n, k = len(items), args.base_steps
+    examples = [ds.example(i) for i in range(n)]
+    x_src = torch.stack([it["x_src"] for it in items])
+    x_tgt = torch.stack([it["x_tgt"] for it in items])
+    t_tgt = ed.encode_text([it["c_tgt"] for it in items])
+    t_src = ed.encode_text([it["c_src"] for it in items])
+    eps = torch.randn(x_src.shape, generator=torch.Generator().manual_seed(0))
+    oracle = ToyOracle.load()
+    shown = _typed_edits(args, ds, k=6)
+
+    def base_x0(x: torch.Tensor, t: float, text: dict, steps: int) -> torch.Tensor:
+        def f(z, s):
+            with ed.base():
+                return ed(z, s, text, None)
+
+        if steps == 1:
+            return x - t * f(x, torch.full((n,), t))
+        return euler_sample(f, x, t * schedule(steps))
+
+    out = [
+        f"The `source_path` prior's clean target `x_src + x̂_0^B(x_t, c_tgt) − x̂_0^B(s_t, "
+        f"c_src)` with `x_t` on the TRUE edit's path and `s_t` on the source's (the same ε), "
+        f"for {n} held-out seen edits (`{args.run}`'s base and world), read by the oracle as "
+        f"if it were an edit: edit success / preservation, all edits and {args.edit_type} "
+        f"edits; `x̂_0^B` one-step, or {k} Euler steps of the base from `t` (PNG "
+        f"`{args.png}`: source | one-step, {k}-step at each t | ground truth).",
+        "",
+        f"| t | one-step, all | one-step, {args.edit_type} | {k}-step, all "
+        f"| {k}-step, {args.edit_type} |",
+        "|---|---|---|---|---|",
+    ]
+    cols = [x_src[shown].clamp(-1, 1)]
+    for t in (0.9, 0.7, 0.5, 0.3, 0.1):
+        tt = torch.tensor(t)
+        x_t, s_t = interpolate(x_tgt, eps, tt), interpolate(x_src, eps, tt)
+        cells = []
+        for steps in (1, k):
+            target = x_src + base_x0(x_t, t, t_tgt, steps) - base_x0(s_t, t, t_src, steps)
+            target = target.clamp(-1, 1)
+            cols.append(target[shown])
+            m = evaluate_edits(target, examples, oracle)
+            typed = m["by_type"].get(args.edit_type, {"edit_success": 0.0, "preservation": 0.0})
+            cells += [
+                f"{m['overall']['edit_success']:.3f} / {m['overall']['preservation']:.3f}",
+                f"{typed['edit_success']:.3f} / {typed['preservation']:.3f}",
+            ]
+        out.append(f"| {t} | " + " | ".join(cells) + " |")
+    cols.append(x_tgt[shown].clamp(-1, 1))
+    _save_grid(torch.stack(cols, 1), args.png)
+    ref = evaluate_edits(x_tgt.clamp(-1, 1), examples, oracle)["overall"]
+    out += [
+        "",
+        f"The true targets themselves: {ref['edit_success']:.3f} / {ref['preservation']:.3f}.",
+    ]
+    return out
 
 
 def probe_routing(args) -> list[str]:
@@ -895,6 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
             "handoff",
             "score",
             "edits",
+            "editpath",
+            "target",
             "routing",
             "gate",
         ],
@@ -915,7 +1031,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="change a ByG config field (grads, routing)",
     )
-    p.add_argument("--edit-type", default="size", help="which seen edits to show (edits)")
+    p.add_argument(
+        "--edit-type", default="size", help="which seen edits to show (edits, editpath, target)"
+    )
+    p.add_argument(
+        "--base-steps", type=int, default=4, help="the base's Euler steps from t (target)"
+    )
     p.add_argument("--samples", type=int, default=256, help="instruction-prompt samples (prompts)")
     p.add_argument("--ema", action="store_true", help="sample with the EMA weights (score)")
     p.add_argument(
@@ -946,7 +1067,10 @@ def main(argv: list[str] | None = None) -> int:
         "--png", type=Path, default=Path("base_samples.png"), help="PNG (samples, trajectory)"
     )
     args = p.parse_args(argv)
-    needs_run = ("grads", "rollout", "editor", "follow", "handoff", "score", "edits", "gate")
+    needs_run = (
+        *("grads", "rollout", "editor", "follow", "handoff", "score", "edits", "editpath"),
+        *("target", "gate"),
+    )
     if args.probe in needs_run and not args.run:
         p.error(f"{args.probe} needs --run")
     torch.set_num_threads(1)
@@ -966,6 +1090,8 @@ def main(argv: list[str] | None = None) -> int:
         "handoff": probe_handoff,
         "score": probe_score,
         "edits": probe_edits,
+        "editpath": probe_editpath,
+        "target": probe_target,
         "routing": probe_routing,
         "gate": probe_gate,
     }

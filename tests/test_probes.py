@@ -250,3 +250,41 @@ def test_edits_probe_draws_source_edit_and_truth_per_row(tmp_path, tiny_run):
     assert Image.open(png).size == (3 * 32 * 4, len(rows) * 32 * 4)  # 3 columns, 4x upscaled
     with pytest.raises(SystemExit, match="no 'nope' edits"):
         probes.main([*args[:-1], "nope", "--png", str(png)])
+
+
+def test_editpath_probe_draws_the_editors_predictions_along_its_path(tmp_path, tiny_run):
+    from PIL import Image
+
+    probes = _load()
+    png, out = tmp_path / "path.png", tmp_path / "path.md"
+    args = ["editpath", "--run", str(tiny_run), "--n", "40", "--edit-type", "size"]
+    assert probes.main([*args, "--png", str(png), "--out", str(out)]) == 0
+    rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| ") and "row" not in ln]
+    assert 1 <= len(rows) <= 16
+    # source, x̂_0 at every 4th step (the times listed), the edit, the ground truth
+    times = out.read_text().split("at t = ")[1].split(" |")[0].split(", ")
+    assert float(times[0]) == 1.0 and len(times) >= 1
+    assert Image.open(png).size == ((3 + len(times)) * 32 * 4, len(rows) * 32 * 4)
+
+
+def test_target_probe_reads_the_source_path_target_per_t(tmp_path, tiny_run):
+    from PIL import Image
+
+    probes = _load()
+    png, out = tmp_path / "target.png", tmp_path / "target.md"
+    args = ["target", "--run", str(tiny_run), "--n", "24", "--base-steps", "2"]
+    assert probes.main([*args, "--png", str(png), "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = {
+        float(c[0]): c[1:]
+        for ln in text.splitlines()
+        if ln.startswith("| 0.")
+        for c in [[x.strip() for x in ln.strip("|").split("|")]]
+    }
+    assert sorted(rows) == [0.1, 0.3, 0.5, 0.7, 0.9]
+    for cells in rows.values():
+        pairs = [[float(v) for v in cell.split(" / ")] for cell in cells]
+        assert len(pairs) == 4 and all(0.0 <= v <= 1.0 for p in pairs for v in p)
+    assert "true targets themselves: 1.000 / 1.000" in text  # the oracle's ceiling
+    w, h = Image.open(png).size
+    assert w == (1 + 2 * 5 + 1) * 32 * 4 and h % (32 * 4) == 0

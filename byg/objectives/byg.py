@@ -32,6 +32,9 @@ Choices METHOD.md leaves open, each a config field:
   already shows the edit). With ``source_path`` the same: at small ``t`` its target
   ``x_src + x̂_0^B(x_t) − x̂_0^B(s_t)`` is close to ``x_clean`` whatever the rollout drew (a
   ghost of the old object included), and the base's own denoising there is not.
+  ``editor_reference_t_max`` is the same above: samples past it use ``u_src`` (under
+  ``source_path``, the anchor to ``x̂_0^B(x_t, c_tgt)`` where the source path's target is a
+  half-made edit, the source plus the base's blurred difference).
 * ``prior_weighting``: ``"velocity"`` (as written) or ``"x0"``, each sample's prior times
   ``t²``: the squared terms (anchor, delta form) become the same terms on ``x̂_0``, so the
   few smallest ``t``, where the base's ``x̂_0`` is least precise, no longer carry most of the
@@ -115,6 +118,11 @@ class ByGConfig:
     # back to the source, and, under source_path, cleans up what the rollout left half-drawn,
     # where the source path's reference makes any x_clean its own small-t target)
     editor_reference_t_min: float = 0.0
+    # ... and only for samples at or below this one: above it the reference is u_src too
+    # (under source_path with the delta form: the anchor to the base's own reading of x_t
+    # under c_tgt, in place of the source plus a blurred difference, a half-made edit at
+    # large t; docs/demo_findings.md item 27)
+    editor_reference_t_max: float = 1.0
     # the directional term: "cosine" (METHOD.md: 1 − cos(v − ref, Δ)) or "delta"
     # (‖(v − ref) − Δ‖², the shift with its size; with ref = u_src it equals the anchor)
     direction_form: str = "cosine"
@@ -199,11 +207,18 @@ class ByGConfig:
             raise ValueError(
                 f"editor_reference_t_min must be in [0, 1), got {self.editor_reference_t_min}"
             )
-        if self.editor_reference_t_min > 0 and self.direction_reference == "base":
+        if not self.editor_reference_t_min < self.editor_reference_t_max <= 1.0:
             raise ValueError(
-                "editor_reference_t_min chooses where the editor's or the source path's "
-                "reference applies; it needs direction_reference: editor, editor_ema or "
-                f"source_path (got {self.direction_reference!r})"
+                "editor_reference_t_max must be in (editor_reference_t_min, 1], got "
+                f"{self.editor_reference_t_max} (editor_reference_t_min "
+                f"{self.editor_reference_t_min})"
+            )
+        banded = self.editor_reference_t_min > 0 or self.editor_reference_t_max < 1.0
+        if banded and self.direction_reference == "base":
+            raise ValueError(
+                "editor_reference_t_min / _t_max choose where the editor's or the source "
+                "path's reference applies; they need direction_reference: editor, editor_ema "
+                f"or source_path (got {self.direction_reference!r})"
             )
         for name in ("alpha", "lambda_prior", "lambda_cyc", "lambda_id"):
             if getattr(self, name) < 0:
@@ -359,13 +374,13 @@ class ByGObjective:
         return x_t, x_clean
 
     def _reference(self, ref_editor: Tensor, u_src: Tensor, t: Tensor) -> Tensor:
-        """Option C's (or source_path's) reference above ``editor_reference_t_min``, ``u_src``
-        at or below it."""
-        t_min = self.cfg.editor_reference_t_min
-        if t_min <= 0:
+        """Option C's (or source_path's) reference for ``t`` in ``(editor_reference_t_min,
+        editor_reference_t_max]``, ``u_src`` outside."""
+        t_min, t_max = self.cfg.editor_reference_t_min, self.cfg.editor_reference_t_max
+        if t_min <= 0 and t_max >= 1:
             return ref_editor
-        above = (t > t_min).view(-1, *([1] * (ref_editor.ndim - 1)))
-        return torch.where(above, ref_editor, u_src)
+        inside = ((t > t_min) & (t <= t_max)).view(-1, *([1] * (ref_editor.ndim - 1)))
+        return torch.where(inside, ref_editor, u_src)
 
     def prior_loss(
         self,

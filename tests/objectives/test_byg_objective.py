@@ -156,8 +156,20 @@ def test_editor_reference_t_min_falls_back_to_the_base_reference_below_it(tiny_b
     ref_ed, u_src = torch.ones(3, 2, 2), torch.zeros(3, 2, 2)
     mixed = obj._reference(ref_ed, u_src, torch.tensor([0.2, 0.5, 0.8]))
     assert mixed[:, 0, 0].tolist() == [0.0, 0.0, 1.0]
-    with pytest.raises(ValueError, match="needs direction_reference: editor, editor_ema or"):
+    # ... and with editor_reference_t_max: u_src above it as well, the band (t_min, t_max]
+    banded = ByGConfig(
+        direction_reference="editor", editor_reference_t_min=0.3, editor_reference_t_max=0.7
+    )
+    mixed = ByGObjective(banded)._reference(ref_ed, u_src, torch.tensor([0.2, 0.5, 0.9]))
+    assert mixed[:, 0, 0].tolist() == [0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="need direction_reference: editor, editor_ema"):
         ByGConfig(editor_reference_t_min=0.5)
+    with pytest.raises(ValueError, match="need direction_reference: editor, editor_ema"):
+        ByGConfig(editor_reference_t_max=0.5)
+    with pytest.raises(ValueError, match="editor_reference_t_max must be in"):
+        ByGConfig(
+            direction_reference="editor", editor_reference_t_min=0.5, editor_reference_t_max=0.4
+        )
     with pytest.raises(ValueError, match="editor_reference_t_min"):
         ByGConfig(direction_reference="editor", editor_reference_t_min=1.0)
 
@@ -554,6 +566,11 @@ def test_source_path_below_reference_t_min_is_the_anchor_to_the_bases_denoising(
     none = _full_terms(editor, batch, editor_reference_t_min=1e-3, **kw)
     for k in ("dir_fwd", "dir_rev"):
         assert none[k] == pytest.approx(sp[k], rel=1e-6)
+    # editor_reference_t_max: above it the same anchor, so a band below every t is the anchor
+    high = _full_terms(editor, batch, editor_reference_t_max=1e-3, **kw)
+    for k in ("dir_fwd", "dir_rev", "mse_fwd", "mse_rev", "loss_cyc", "loss_id"):
+        assert high[k] == pytest.approx(low[k], rel=1e-5)
+    assert max(t.max(), t_r.max()) < 1 - 1e-6  # every sample below t_max = 1: unchanged
 
 
 def test_source_path_target_is_the_true_edit_where_the_base_is_exact():
