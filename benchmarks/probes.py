@@ -839,7 +839,7 @@ def probe_target(args) -> list[str]:
             target = target.clamp(-1, 1)
             cols.append(target[shown])
             m = evaluate_edits(target, examples, oracle)
-            typed = m["by_type"].get(args.edit_type, {"edit_success": 0.0, "preservation": 0.0})
+            typed = m["by_type"][args.edit_type]  # present: ``shown`` holds some
             cells += [
                 f"{m['overall']['edit_success']:.3f} / {m['overall']['preservation']:.3f}",
                 f"{typed['edit_success']:.3f} / {typed['preservation']:.3f}",

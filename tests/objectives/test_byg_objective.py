@@ -570,7 +570,6 @@ def test_source_path_below_reference_t_min_is_the_anchor_to_the_bases_denoising(
     high = _full_terms(editor, batch, editor_reference_t_max=1e-3, **kw)
     for k in ("dir_fwd", "dir_rev", "mse_fwd", "mse_rev", "loss_cyc", "loss_id"):
         assert high[k] == pytest.approx(low[k], rel=1e-5)
-    assert max(t.max(), t_r.max()) < 1 - 1e-6  # every sample below t_max = 1: unchanged
 
 
 def test_source_path_target_is_the_true_edit_where_the_base_is_exact():
