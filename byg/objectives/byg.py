@@ -123,6 +123,14 @@ class ByGConfig:
     # under c_tgt, in place of the source plus a blurred difference, a half-made edit at
     # large t; docs/demo_findings.md item 27)
     editor_reference_t_max: float = 1.0
+    # under source_path with bootstrap_state renoised: the base's four readings are taken at
+    # min(t, this) on the same two straight paths (x_clean's and x_src's, same noise), and
+    # their clean predictions are turned back into velocities at the sample's own (state, t).
+    # Above it the forward target is x_src + x̂_0^B(x_clean's path) − x̂_0^B(x_src's path)
+    # read at this less noisy time: the edit placed where the rollout put it and sharper
+    # than the base's reading at large t, whose blurred difference leaves the old object's
+    # outline in the target (docs/demo_findings.md item 28; not in the paper). 1 = off
+    prior_read_t_max: float = 1.0
     # the directional term: "cosine" (METHOD.md: 1 − cos(v − ref, Δ)) or "delta"
     # (‖(v − ref) − Δ‖², the shift with its size; with ref = u_src it equals the anchor)
     direction_form: str = "cosine"
@@ -212,6 +220,19 @@ class ByGConfig:
                 "editor_reference_t_max must be in (editor_reference_t_min, 1], got "
                 f"{self.editor_reference_t_max} (editor_reference_t_min "
                 f"{self.editor_reference_t_min})"
+            )
+        if not 0.0 < self.prior_read_t_max <= 1.0:
+            raise ValueError(f"prior_read_t_max must be in (0, 1], got {self.prior_read_t_max}")
+        if self.prior_read_t_max < 1.0 and (
+            self.direction_reference != "source_path"
+            or self.bootstrap_state != "renoised"
+            or self.no_bootstrap
+        ):
+            raise ValueError(
+                "prior_read_t_max reads the base lower on the straight paths of x_clean and "
+                "x_src; it needs direction_reference: source_path and bootstrap_state: "
+                f"renoised without no_bootstrap (got {self.direction_reference!r}, "
+                f"{self.bootstrap_state!r}, no_bootstrap={self.no_bootstrap})"
             )
         banded = self.editor_reference_t_min > 0 or self.editor_reference_t_max < 1.0
         if banded and self.direction_reference == "base":
@@ -382,6 +403,18 @@ class ByGObjective:
         inside = ((t > t_min) & (t <= t_max)).view(-1, *([1] * (ref_editor.ndim - 1)))
         return torch.where(inside, ref_editor, u_src)
 
+    def _velocity_from_reading(
+        self, x: Tensor, t: Tensor, x_read: Tensor, t_read: Tensor, u_read: Tensor
+    ) -> Tensor:
+        """The base's reading ``u_read`` at ``(x_read, t_read)``, a lower point of ``x``'s
+        straight path, as the velocity at ``(x, t)`` that predicts the same clean image:
+        ``(x − x̂_0)/t`` with ``x̂_0 = x_read − t_read·u_read``; ``u_read`` itself where
+        ``t_read = t`` (``prior_read_t_max``)."""
+        x0 = predict_x0(x_read.float(), t_read, u_read)
+        moved = (t > t_read).view(-1, *([1] * (x.ndim - 1)))
+        tb = t.float().clamp(min=1e-12).view(-1, *([1] * (x.ndim - 1)))
+        return torch.where(moved, (x.float() - x0) / tb, u_read)
+
     def prior_loss(
         self,
         v: Tensor,
@@ -457,23 +490,26 @@ class ByGObjective:
         # 4 (inputs). frozen base, all four queries in one batched call:
         #   [x_t | c_tgt], [x_t | c_src], [s_t' | c_src], [s_t' | c_tgt]
         #   (source_path: [x_t | c_tgt], [s_t | c_src], [s_t' | c_src], [x̃_t' | c_tgt])
+        states = [x_t, x_src_state, s_tr, x_src_state_r]
+        times = [t, t, t_r, t_r]
+        texts = [text["tgt"], text["src"], text["src"], text["tgt"]]
+        m = 4 if cfg.prior_reverse else 2
+        read_states, read_times = states, times
+        if cfg.prior_read_t_max < 1.0:  # the same paths, read at min(t, prior_read_t_max)
+            ends = [(x_clean, eps), (x_src, eps), (x_src, eps_r), (x_clean, eps_r)]
+            read_times = [tt.clamp(max=cfg.prior_read_t_max) for tt in times]
+            read_states = [interpolate(e, z, tt) for (e, z), tt in zip(ends, read_times)]
         with timer("base_queries"), torch.no_grad(), editor.base():
-            if cfg.prior_reverse:
-                u = editor(
-                    torch.cat([x_t, x_src_state, s_tr, x_src_state_r]),
-                    torch.cat([t, t, t_r, t_r]),
-                    cat_text(text["tgt"], text["src"], text["src"], text["tgt"]),
-                    None,
-                ).float()
-                u_tgt, u_src, u_tgt_r, u_src_r = u.chunk(4)
-            else:
-                u = editor(
-                    torch.cat([x_t, x_src_state]),
-                    torch.cat([t, t]),
-                    cat_text(text["tgt"], text["src"]),
-                    None,
-                )
-                u_tgt, u_src = u.float().chunk(2)
+            u = editor(
+                torch.cat(read_states[:m]), torch.cat(read_times[:m]), cat_text(*texts[:m]), None
+            ).float()
+        u = list(u.chunk(m))
+        if cfg.prior_read_t_max < 1.0:
+            u = [
+                self._velocity_from_reading(*args)
+                for args in zip(states, times, read_states, read_times, u)
+            ]
+        u_tgt, u_src, u_tgt_r, u_src_r = u if m == 4 else (*u, None, None)
 
         # 3 + 6. forward edit and identity pass share one trainable call
         with timer("forward_edit"):
@@ -488,7 +524,11 @@ class ByGObjective:
         ref_f = ref_r = None
         if source_path:  # the exact velocities of the source's path and (reverse) the edit's
             ref_f = self._reference(velocity_target(x_src, eps).float(), u_src, t)
-            ref_r = self._reference(velocity_target(x_clean, eps_r).float(), u_src_r, t_r)
+            ref_r = (
+                self._reference(velocity_target(x_clean, eps_r).float(), u_src_r, t_r)
+                if cfg.prior_reverse
+                else None
+            )
         reference_model = editor.ema_forward if cfg.direction_reference == "editor_ema" else editor
         if cfg.editor_reference:
             with timer("reference"), torch.no_grad():

@@ -572,6 +572,67 @@ def test_source_path_below_reference_t_min_is_the_anchor_to_the_bases_denoising(
         assert high[k] == pytest.approx(low[k], rel=1e-5)
 
 
+def test_prior_read_t_max_reads_the_base_lower_on_the_same_paths(tiny_backbone):
+    """``prior_read_t_max``: above it the base reads the renoised edit's and the source's
+    paths at ``t_b = prior_read_t_max`` (same noise), and the delta form's forward target is
+    ``x̂_0 = x_src + x̂_0^B(x_b, t_b, c_tgt) − x̂_0^B(s_b, t_b, c_src)`` at the sample's own
+    ``(x_t, t)`` (reverse: ``x_clean + x̂_0^B(s'_b, c_src) − x̂_0^B(x̃'_b, c_tgt)``); at or below
+    it, and for cycle, identity and the number of calls, nothing changes."""
+    editor = make_editor(tiny_backbone)
+    batch = make_batch(editor, n=6)
+    kw = dict(direction_reference="source_path", direction_form="delta", bootstrap_state="renoised")
+    cfg0 = ByGConfig(rollout_steps=2, warmup_steps=0, **kw)
+    t, eps, t_r, eps_r, _, x_clean = _step_draws(cfg0, editor, batch, seed=3)
+    cap = float(torch.cat([t, t_r]).median())
+    assert (t > cap).any() and (t <= cap).any()  # both branches are exercised
+    cfg = ByGConfig(rollout_steps=2, warmup_steps=0, prior_read_t_max=cap, **kw)
+    obj = ByGObjective(cfg)
+    terms = obj.full_step(editor, batch, torch.Generator().manual_seed(3)).terms
+    x_src, text = batch.x_src, batch.text
+    x_t, s_tr = interpolate(x_clean, eps, t), interpolate(x_src, eps_r, t_r)
+    tb, trb = t.clamp(max=cap), t_r.clamp(max=cap)
+
+    def x0_base(end, noise, tt, words):  # the base's clean prediction at (end's path, tt)
+        x = interpolate(end, noise, tt)
+        return x - tt.view(-1, 1, 1, 1) * editor(x, tt, words, None)
+
+    with torch.no_grad():
+        with editor.base():
+            x0_tgt = x0_base(x_clean, eps, tb, text["tgt"])
+            x0_src = x0_base(x_src, eps, tb, text["src"])
+            x0_tgt_r = x0_base(x_src, eps_r, trb, text["src"])
+            x0_src_r = x0_base(x_clean, eps_r, trb, text["tgt"])
+        v_f = editor(x_t, t, text["fwd"], x_src)
+        v_r = editor(s_tr, t_r, text["rev"], x_clean)
+
+    def v_of(x, tt, x0):  # the velocity at (x, tt) whose one-step clean prediction is x0
+        return (x - x0) / tt.view(-1, 1, 1, 1)
+
+    want_f = losses.mse(v_f, v_of(x_t, t, x_src + x0_tgt - x0_src))
+    want_r = losses.mse(v_r, v_of(s_tr, t_r, x_clean + x0_tgt_r - x0_src_r))
+    assert terms["dir_fwd"] == pytest.approx(want_f.mean().item(), rel=1e-4)
+    assert terms["dir_rev"] == pytest.approx(want_r.mean().item(), rel=1e-4)
+    anchor = losses.mse(v_f, v_of(x_t, t, x0_tgt))  # the anchor reads the same x̂_0^B(x_b)
+    assert terms["mse_fwd"] == pytest.approx(anchor.mean().item(), rel=1e-4)
+    plain = _full_terms(editor, batch, **kw)
+    for k in ("loss_cyc", "loss_id"):
+        assert terms[k] == pytest.approx(plain[k], rel=1e-6)
+    assert terms["dir_fwd"] != pytest.approx(plain["dir_fwd"], rel=1e-3)
+    # a cap above every t changes nothing; the base's four queries stay one call
+    above = _full_terms(editor, batch, prior_read_t_max=float(torch.cat([t, t_r]).max()), **kw)
+    for k in ("dir_fwd", "dir_rev", "mse_fwd", "mse_rev"):
+        assert above[k] == pytest.approx(plain[k], rel=1e-6)
+    log, h = count_calls(editor)
+    obj.full_step(editor, batch, torch.Generator().manual_seed(3))
+    h.remove()
+    assert len([c for c in log if c[0] != "ema"]) == 3
+    for bad in (dict(kw, bootstrap_state="trajectory"), dict(kw, direction_reference="editor")):
+        with pytest.raises(ValueError, match="prior_read_t_max"):
+            ByGConfig(prior_read_t_max=0.5, **bad)
+    with pytest.raises(ValueError, match="prior_read_t_max"):
+        ByGConfig(prior_read_t_max=0.0, **kw)
+
+
 def test_source_path_target_is_the_true_edit_where_the_base_is_exact():
     """Where the base denoises both paths exactly (``ε − x_e`` on the edit's path under
     ``c_tgt``, ``ε − x_src`` on the source's under ``c_src``), the delta form's optimum under
