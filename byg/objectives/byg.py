@@ -35,6 +35,11 @@ Choices METHOD.md leaves open, each a config field:
   ``editor_reference_t_max`` is the same above: samples past it use ``u_src`` (under
   ``source_path``, the anchor to ``x̂_0^B(x_t, c_tgt)`` where the source path's target is a
   half-made edit, the source plus the base's blurred difference).
+* ``prior_read_t_max`` (``source_path`` with ``renoised``, not in the paper): samples above
+  it take the base's readings at this lower time on the same straight paths, turned back
+  into velocities at their own ``(x_t, t)``; the target ``x_src + x̂_0^B − x̂_0^B`` is then
+  the rollout's edit corrected where the base reads sharply, not the source plus the base's
+  blurred large-``t`` difference (a half-made edit, item 27 of docs/demo_findings.md).
 * ``prior_weighting``: ``"velocity"`` (as written) or ``"x0"``, each sample's prior times
   ``t²``: the squared terms (anchor, delta form) become the same terms on ``x̂_0``, so the
   few smallest ``t``, where the base's ``x̂_0`` is least precise, no longer carry most of the
