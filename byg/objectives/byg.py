@@ -501,8 +501,8 @@ class ByGObjective:
         m = 4 if cfg.prior_reverse else 2
         read_states, read_times = states, times
         if cfg.prior_read_t_max < 1.0:  # the same paths, read at min(t, prior_read_t_max)
-            ends = [(x_clean, eps), (x_src, eps), (x_src, eps_r), (x_clean, eps_r)]
-            read_times = [tt.clamp(max=cfg.prior_read_t_max) for tt in times]
+            ends = [(x_clean, eps), (x_src, eps), (x_src, eps_r), (x_clean, eps_r)][:m]
+            read_times = [tt.clamp(max=cfg.prior_read_t_max) for tt in times[:m]]
             read_states = [interpolate(e, z, tt) for (e, z), tt in zip(ends, read_times)]
         with timer("base_queries"), torch.no_grad(), editor.base():
             u = editor(

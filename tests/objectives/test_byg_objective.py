@@ -626,6 +626,10 @@ def test_prior_read_t_max_reads_the_base_lower_on_the_same_paths(tiny_backbone):
     obj.full_step(editor, batch, torch.Generator().manual_seed(3))
     h.remove()
     assert len([c for c in log if c[0] != "ema"]) == 3
+    # without prior_reverse only the forward pair is read, the forward target unchanged
+    fwd_only = _full_terms(editor, batch, prior_read_t_max=cap, prior_reverse=False, **kw)
+    assert fwd_only["dir_fwd"] == pytest.approx(terms["dir_fwd"], rel=1e-5)
+    assert fwd_only["dir_rev"] == 0.0 and fwd_only["prior_rev"] == 0.0
     for bad in (dict(kw, bootstrap_state="trajectory"), dict(kw, direction_reference="editor")):
         with pytest.raises(ValueError, match="prior_read_t_max"):
             ByGConfig(prior_read_t_max=0.5, **bad)
