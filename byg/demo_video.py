@@ -46,7 +46,14 @@ from byg.backbones.toy_video import (
 )
 from byg.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from byg.flow import sample_path, sample_timesteps
-from byg.pretrain import EvalConfig, TimestepConfig, lr_at, sample_prompts, update_ema
+from byg.pretrain import (
+    EvalConfig,
+    TimestepConfig,
+    lr_at,
+    sample_prompts,
+    sample_prompts_from,
+    update_ema,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "toy_video.yaml"
@@ -173,21 +180,12 @@ def generate_video(
     batch_size: int = 16,
 ) -> Tensor:
     """Text-to-video samples ``[N, 3, F, H, W]`` in ``[-1, 1]`` (Euler, CFG closure)."""
-    from byg.guidance import cfg_velocity
-    from byg.sampling import sample
-
     c = model.config
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(
         len(prompts), c.channels, c.frames, c.image_size, c.image_size, generator=gen
     )
-    out = []
-    for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s : s + batch_size]
-        text, uncond = model.encode_text(chunk), model.encode_text([""] * len(chunk))
-        v = cfg_velocity(model, text, uncond, cfg_scale)
-        out.append(sample(v, noise[s : s + len(chunk)], num_steps=steps, shift=shift))
-    return torch.cat(out).clamp(-1, 1)
+    return sample_prompts_from(model, prompts, noise, steps, cfg_scale, shift, batch_size)
 
 
 def eval_clips(world, n: int, seed: int) -> tuple[list, list[str]]:

@@ -234,12 +234,27 @@ def generate(
     batch_size: int = 64,
 ) -> Tensor:
     """Text-to-image samples ``[N, 3, H, W]`` in ``[-1, 1]`` (Euler, CFG closure)."""
-    from byg.guidance import cfg_velocity
-    from byg.sampling import sample
-
     size, ch = model.config.image_size, model.config.channels
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(prompts), ch, size, size, generator=gen)
+    return sample_prompts_from(model, prompts, noise, steps, cfg_scale, shift, batch_size)
+
+
+@torch.no_grad()
+def sample_prompts_from(
+    model: torch.nn.Module,
+    prompts: list[str],
+    noise: Tensor,
+    steps: int,
+    cfg_scale: float,
+    shift: float,
+    batch_size: int,
+) -> Tensor:
+    """Euler samples from ``noise`` (one row per prompt), CFG against the empty prompt, in
+    chunks of ``batch_size``; clamped to ``[-1, 1]``. Shared by the image and video bases."""
+    from byg.guidance import cfg_velocity
+    from byg.sampling import sample
+
     out = []
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
