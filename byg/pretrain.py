@@ -589,5 +589,6 @@ __all__ = [
     "pretrain_base",
     "caption_accuracy",
     "generate",
+    "sample_prompts_from",
     "register",
 ]
